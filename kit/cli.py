@@ -1,0 +1,86 @@
+"""Command line: ``python -m kit <command> ...``; ``main(argv)`` is what tests call in-process.
+
+Each command lives in its own module, imported only when that command runs, so commands that
+do not need TensorFlow (score, tune, submit, leaderboard, data checks) never import it. A module
+serving command ``foo-bar`` defines ``add_foo_bar_args(parser)`` and ``run_foo_bar(args) -> int``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from kit.errors import KitError
+
+# command: (module, one-line help). Order is the order of the data flow.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "data": ("kit.kaggle.download", "download the competition data from Kaggle and unzip it safely"),
+    "demo-data": ("kit.synth", "write the embedded synthetic data set in Kaggle's layout"),
+    "labels": ("kit.labels", "validate the label CSVs and print their counts"),
+    "split": ("kit.split", "patient-level stratified train/val split"),
+    "prepare": ("kit.cache", "decode + resize DICOMs into the prepared-image cache"),
+    "train": ("kit.train", "train Mask R-CNN with a preset's schedule"),
+    "predict": ("kit.predict", "raw (unthresholded) detections for val or test"),
+    "tune": ("kit.tune", "sweep post-processing on raw val detections -> postprocess.json"),
+    "submit": ("kit.submission", "raw test detections + postprocess.json -> submission CSV"),
+    "validate": ("kit.submission", "check a submission CSV against the sample submission"),
+    "score": ("kit.evaluate", "competition mAP + P/R/F1 of a submission or raw table"),
+    "leaderboard": ("kit.leaderboard", "local leaderboard, best first"),
+    "report": ("kit.report", "pictures and the results table of a run"),
+    "submission": ("kit.pipeline", "the whole flow: data -> train -> predict -> tune -> submit -> score"),
+    "kernels": ("kit.kaggle.kernels", "build / push / status / output of the Kaggle kernels"),
+    "kaggle-scores": ("kit.kaggle.scores", "public/private scores of our Kaggle submissions"),
+}
+
+
+def _stem(command: str) -> str:
+    return command.replace("-", "_")
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    lines = "\n".join(f"  {name:<14} {help_}" for name, (_, help_) in COMMANDS.items())
+    return argparse.ArgumentParser(
+        prog="python -m kit",
+        description="rsna-kit: RSNA Pneumonia Detection from DICOM to a scored submission.csv.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"commands:\n{lines}\n\n`python -m kit COMMAND --help` explains each one.",
+        usage="python -m kit COMMAND [options]",
+    )
+
+
+def build_parser(command: str) -> argparse.ArgumentParser:
+    """The parser of one command (imports that command's module only)."""
+    module_name, help_ = COMMANDS[command]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"python -m kit {command}", description=help_)
+    getattr(module, f"add_{_stem(command)}_args")(parser)
+    parser.set_defaults(_run=getattr(module, f"run_{_stem(command)}"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = _top_parser()
+    if not argv or argv[0] in ("-h", "--help"):
+        top.print_help()
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        top.print_usage(sys.stderr)
+        print(f"error: unknown command {command!r}; choose from: {', '.join(COMMANDS)}",
+              file=sys.stderr)
+        return 2
+    parser = build_parser(command)
+    try:
+        args = parser.parse_args(rest)
+    except SystemExit as exc:   # --help (0) or a usage error (2): return, do not exit the caller
+        return int(exc.code or 0)
+    try:
+        return int(args._run(args) or 0)
+    except KitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished outputs are kept; rerun to resume", file=sys.stderr)
+        return 130

@@ -1,0 +1,57 @@
+"""Atomic file output: write to a temp file in the same folder, then rename over the target.
+
+A reader never sees a half-written file, and a killed process leaves the old file (or none).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
+    """Open a temp file next to ``path``; on clean exit fsync and rename it to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with open(tmp, mode, **kwargs) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_open(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_csv(path: str | os.PathLike, df: "Any", **kwargs: Any) -> None:
+    """Write a pandas DataFrame atomically (``index=False`` unless given)."""
+    kwargs.setdefault("index", False)
+    with atomic_open(path, "w", encoding="utf-8", newline="") as fh:
+        df.to_csv(fh, **kwargs)
+
+
+def save_figure(path: str | os.PathLike, fig: "Any", **kwargs: Any) -> None:
+    """Save a matplotlib figure atomically as PNG and close it."""
+    kwargs.setdefault("dpi", 100)
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format="png", **kwargs)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)

@@ -1,0 +1,28 @@
+"""Shared test fixtures. The real stage-2 label CSVs live in ../shared/rsna when present."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_RSNA = REPO.parent / "shared" / "rsna"
+
+
+@pytest.fixture(scope="session")
+def real_rsna() -> Path:
+    """Folder with the REAL stage-2 CSVs; the test is skipped when ../shared is absent."""
+    if not (SHARED_RSNA / "stage_2_train_labels.csv").is_file():
+        pytest.skip("../shared/rsna is not present (only the team's machines have it)")
+    return SHARED_RSNA
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch) -> Path:
+    """Run a test inside an empty temporary working folder (data/, runs/, submissions/ land there)."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
