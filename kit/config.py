@@ -1,0 +1,243 @@
+"""Run configuration: frozen dataclasses, named presets, JSON round trip, ``--set`` overrides.
+
+A run's ``config.json`` is this object; ``mrcnn_config()`` turns it into the model's
+Matterport-style ``kit.mrcnn.config.Config`` (imported lazily: no TensorFlow here).
+Pixel sizes are those of the prepared (cached) image the model sees, unless said otherwise.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kit.errors import KitError
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of a training schedule (Matterport's ``model.train`` call)."""
+
+    layers: str                 # heads | 3+ | 4+ | 5+ | all | a regex over layer names
+    epochs: int                 # epochs in this stage (the schedule makes them cumulative)
+    lr_factor: float = 1.0      # learning rate = RunConfig.learning_rate * lr_factor
+    augment: bool = False       # apply the preset's augmentation in this stage
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str
+    backbone: str = "resnet50"              # resnet50 | resnet101
+    image_size: int = 256                   # side of the prepared square image (multiple of 64)
+    init: str = "coco"                      # coco | imagenet | none | path to a .h5 file
+    stages: tuple[Stage, ...] = (Stage("heads", 2), Stage("all", 4, 0.1, True))
+    learning_rate: float = 0.006
+    images_per_gpu: int = 8
+    steps_per_epoch: int = 0                # 0: one pass over the training images
+    validation_steps: int = 0               # 0: one pass over the validation images
+    n_val: int = 1500                       # validation images (a fraction on small data sets)
+    split_seed: int = 0
+    rpn_anchor_scales: tuple[int, ...] = (16, 32, 64, 128, 256)
+    rpn_anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    train_rois_per_image: int = 64
+    rpn_train_anchors_per_image: int = 128
+    pre_nms_limit: int = 2000
+    post_nms_rois_training: int = 1000
+    post_nms_rois_inference: int = 500
+    max_gt_instances: int = 4
+    detection_max_instances: int = 10
+    detection_min_confidence: float = 0.05  # floor for RAW detections; thresholds are tuned later
+    detection_nms_threshold: float = 0.1
+    rpn_nms_threshold: float = 0.7
+    weight_decay: float = 0.0001
+    train_bn: bool = False
+    mini_mask: bool = True
+    tta: str = "flip"                       # none | flip (horizontal flip, boxes fused by WBF)
+    workers: int = 2
+    mixed_precision: bool = False
+    notes: str = ""
+
+    @property
+    def total_epochs(self) -> int:
+        return sum(s.epochs for s in self.stages)
+
+    @property
+    def schedule(self) -> list[tuple[Stage, int]]:
+        """Each stage with its cumulative end epoch (Matterport's ``epochs`` argument)."""
+        out, end = [], 0
+        for stage in self.stages:
+            end += stage.epochs
+            out.append((stage, end))
+        return out
+
+    @property
+    def augmented(self) -> bool:
+        return any(s.augment for s in self.stages)
+
+    # ---- JSON ------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        d = dict(d)
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise KitError(f"unknown config keys {sorted(unknown)}")
+        d["stages"] = tuple(Stage(**s) for s in d.get("stages", ()))
+        for f in dataclasses.fields(cls):
+            if f.name in d and isinstance(d[f.name], list):
+                d[f.name] = tuple(d[f.name])
+        return cls(**d)
+
+    def save(self, path: str | Path) -> None:
+        from kit.io import write_json
+
+        write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RunConfig":
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except FileNotFoundError:
+            raise KitError("run config not found", path=path) from None
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise KitError(f"not a valid run config: {exc}", path=path) from None
+
+    # ---- overrides -------------------------------------------------------------------
+    def with_overrides(self, items: list[str]) -> "RunConfig":
+        """Apply ``KEY=VALUE`` strings (``--set``); values are parsed as JSON, else strings."""
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        changes: dict[str, Any] = {}
+        for item in items:
+            key, sep, raw = item.partition("=")
+            key = key.strip().replace("-", "_")
+            if not sep:
+                raise KitError(f"--set {item!r}: expected KEY=VALUE")
+            if key not in fields:
+                raise KitError(f"--set {item!r}: unknown key {key!r}; known keys: "
+                               f"{', '.join(sorted(fields))}")
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError:
+                value = raw
+            current = getattr(self, key)
+            if key == "stages":
+                try:
+                    value = tuple(Stage(**s) for s in value)
+                except TypeError as exc:
+                    raise KitError(f"--set stages: {exc}; e.g. "
+                                   "stages='[{\"layers\":\"heads\",\"epochs\":2}]'") from None
+            elif isinstance(current, tuple):
+                value = tuple(value) if isinstance(value, list) else (value,)
+            elif isinstance(current, bool):
+                if not isinstance(value, bool):
+                    raise KitError(f"--set {item!r}: {key} takes true or false")
+            elif isinstance(current, (int, float)) and not isinstance(current, bool):
+                if not isinstance(value, (int, float)) or isinstance(value, bool):
+                    raise KitError(f"--set {item!r}: {key} takes a number")
+                value = type(current)(value)
+            changes[key] = value
+        cfg = dataclasses.replace(self, **changes)
+        cfg.check()
+        return cfg
+
+    def check(self) -> None:
+        if self.image_size % 64:
+            raise KitError(f"image_size {self.image_size} must be a multiple of 64")
+        if self.backbone not in ("resnet50", "resnet101"):
+            raise KitError(f"backbone {self.backbone!r}: choose resnet50 or resnet101")
+        if len(self.rpn_anchor_scales) != 5:
+            raise KitError("rpn_anchor_scales needs one scale per pyramid level (5: P2..P6)")
+        if self.tta not in ("none", "flip"):
+            raise KitError(f"tta {self.tta!r}: choose none or flip")
+        if not self.stages:
+            raise KitError("a schedule needs at least one stage")
+
+    # ---- the model's config ------------------------------------------------------------
+    def mrcnn_config(self, gpu_count: int = 1) -> Any:
+        """The Matterport-style model config for this run (2 classes: background, opacity)."""
+        from kit.mrcnn.config import Config
+
+        attrs = dict(
+            NAME="pneumonia", NUM_CLASSES=2, BACKBONE=self.backbone,
+            IMAGES_PER_GPU=self.images_per_gpu, GPU_COUNT=gpu_count,
+            IMAGE_MIN_DIM=self.image_size, IMAGE_MAX_DIM=self.image_size,
+            IMAGE_RESIZE_MODE="square",
+            RPN_ANCHOR_SCALES=tuple(self.rpn_anchor_scales),
+            RPN_ANCHOR_RATIOS=list(self.rpn_anchor_ratios),
+            TRAIN_ROIS_PER_IMAGE=self.train_rois_per_image,
+            RPN_TRAIN_ANCHORS_PER_IMAGE=self.rpn_train_anchors_per_image,
+            PRE_NMS_LIMIT=self.pre_nms_limit,
+            POST_NMS_ROIS_TRAINING=self.post_nms_rois_training,
+            POST_NMS_ROIS_INFERENCE=self.post_nms_rois_inference,
+            MAX_GT_INSTANCES=self.max_gt_instances,
+            DETECTION_MAX_INSTANCES=self.detection_max_instances,
+            DETECTION_MIN_CONFIDENCE=self.detection_min_confidence,
+            DETECTION_NMS_THRESHOLD=self.detection_nms_threshold,
+            RPN_NMS_THRESHOLD=self.rpn_nms_threshold,
+            LEARNING_RATE=self.learning_rate, WEIGHT_DECAY=self.weight_decay,
+            TRAIN_BN=self.train_bn, USE_MINI_MASK=self.mini_mask,
+            MIXED_PRECISION=self.mixed_precision, TRAIN_ON_EMPTY_IMAGES=True,
+        )
+        if self.steps_per_epoch:
+            attrs["STEPS_PER_EPOCH"] = self.steps_per_epoch
+        if self.validation_steps:
+            attrs["VALIDATION_STEPS"] = self.validation_steps
+        cfg = type("RSNAConfig", (Config,), attrs)()
+        cfg.validate()
+        return cfg
+
+
+def _study(backbone: str, augment: bool) -> RunConfig:
+    """The study's four set-ups: heads only from COCO vs complete training with augmentation."""
+    short = "r50" if backbone == "resnet50" else "r101"
+    if augment:
+        stages = (Stage("heads", 2), Stage("4+", 4, 1.0, True), Stage("all", 6, 0.1, True))
+    else:
+        stages = (Stage("heads", 12),)
+    return RunConfig(name=f"{short}-{'all-aug' if augment else 'heads'}", backbone=backbone,
+                     image_size=512, init="coco", stages=stages, learning_rate=0.006,
+                     images_per_gpu=4, rpn_anchor_scales=(32, 64, 128, 256, 512),
+                     notes="study configuration: " + ("complete training with augmentation"
+                                                      if augment else "heads only, no augmentation"))
+
+
+PRESETS: dict[str, RunConfig] = {
+    # tests: the smallest model that still exercises every code path (seconds on a CPU)
+    "tiny": RunConfig(
+        name="tiny", image_size=64, init="none",
+        stages=(Stage("heads", 1), Stage("all", 1, 0.5, True)),
+        learning_rate=0.002, images_per_gpu=2, steps_per_epoch=1, validation_steps=1, n_val=4,
+        rpn_anchor_scales=(8, 16, 32, 64, 128), train_rois_per_image=8,
+        rpn_train_anchors_per_image=32, pre_nms_limit=200, post_nms_rois_training=50,
+        post_nms_rois_inference=50, detection_max_instances=5, workers=1,
+        notes="test preset: 64 px, one step per stage"),
+    # the CPU demo on the embedded synthetic data (no COCO weights offline: from scratch)
+    "demo": RunConfig(
+        name="demo", image_size=128, init="none",
+        stages=(Stage("all", 6), Stage("all", 2, 0.1, True)),
+        learning_rate=0.01, images_per_gpu=4, steps_per_epoch=40, validation_steps=5, n_val=80,
+        rpn_anchor_scales=(8, 16, 32, 64, 128), train_rois_per_image=32,
+        rpn_train_anchors_per_image=64, pre_nms_limit=1000, post_nms_rois_training=200,
+        post_nms_rois_inference=200, detection_max_instances=6, workers=2,
+        notes="CPU demo: 128 px, all layers from scratch, then a short augmented stage"),
+    "r50-heads": _study("resnet50", augment=False),
+    "r50-all-aug": _study("resnet50", augment=True),
+    "r101-heads": _study("resnet101", augment=False),
+    "r101-all-aug": _study("resnet101", augment=True),
+    # Kaggle GPU defaults: 512 px, R101 from COCO, heads -> 4+ -> all, flip TTA
+    "kaggle": RunConfig(
+        name="kaggle", backbone="resnet101", image_size=512, init="coco",
+        stages=(Stage("heads", 2), Stage("4+", 4, 1.0, True), Stage("all", 6, 0.1, True)),
+        learning_rate=0.006, images_per_gpu=4, rpn_anchor_scales=(32, 64, 128, 256, 512),
+        notes="Kaggle 2xT4 defaults"),
+}
+
+
+def get_preset(name: str, overrides: list[str] | None = None) -> RunConfig:
+    if name not in PRESETS:
+        raise KitError(f"unknown preset {name!r}; choose from: {', '.join(PRESETS)}")
+    cfg = PRESETS[name]
+    return cfg.with_overrides(overrides) if overrides else cfg

@@ -1,0 +1,46 @@
+import pytest
+
+from kit.config import PRESETS, RunConfig, Stage, get_preset
+from kit.errors import KitError
+
+
+def test_every_preset_is_valid_and_round_trips_through_json(tmp_path):
+    for name, cfg in PRESETS.items():
+        cfg.check()
+        path = tmp_path / f"{name}.json"
+        cfg.save(path)
+        assert RunConfig.load(path) == cfg
+
+
+def test_study_presets_cover_backbone_by_schedule():
+    assert {PRESETS[n].backbone for n in ("r50-heads", "r50-all-aug")} == {"resnet50"}
+    assert {PRESETS[n].backbone for n in ("r101-heads", "r101-all-aug")} == {"resnet101"}
+    assert not PRESETS["r50-heads"].augmented and PRESETS["r50-all-aug"].augmented
+    assert [s.layers for s in PRESETS["r50-heads"].stages] == ["heads"]
+    assert PRESETS["r50-heads"].init == "coco"
+
+
+def test_schedule_is_cumulative():
+    cfg = RunConfig(name="x", stages=(Stage("heads", 2), Stage("4+", 3), Stage("all", 1)))
+    assert [end for _, end in cfg.schedule] == [2, 5, 6]
+    assert cfg.total_epochs == 6
+
+
+def test_overrides_parse_types_and_reject_unknown_keys():
+    cfg = get_preset("tiny", ["image_size=128", "tta=none", "learning_rate=0.1",
+                              "rpn_anchor_scales=[4,8,16,32,64]", "train_bn=true"])
+    assert cfg.image_size == 128 and cfg.tta == "none" and cfg.learning_rate == 0.1
+    assert cfg.rpn_anchor_scales == (4, 8, 16, 32, 64) and cfg.train_bn is True
+    with pytest.raises(KitError, match="unknown key 'imge_size'"):
+        get_preset("tiny", ["imge_size=128"])
+    with pytest.raises(KitError, match="takes a number"):
+        get_preset("tiny", ["image_size=big"])
+    with pytest.raises(KitError, match="multiple of 64"):
+        get_preset("tiny", ["image_size=100"])
+    with pytest.raises(KitError, match="unknown preset"):
+        get_preset("huge")
+
+
+def test_stage_override_from_json():
+    cfg = get_preset("tiny", ['stages=[{"layers": "heads", "epochs": 3}]'])
+    assert cfg.stages == (Stage("heads", 3),)
