@@ -57,6 +57,7 @@ class RunConfig:
     workers: int = 2
     mixed_precision: bool = False
     notes: str = ""
+    data_dir: str = ""                      # set by train: the data set this run learned from
 
     @property
     def total_epochs(self) -> int:

@@ -21,3 +21,8 @@ TEST_IMAGES = "stage_2_test_images"
 DEMO_TEST_LABELS = "demo_test_labels.csv"   # synthetic data only: hidden test ground truth
 
 IMAGE_SIZE = 1024   # the competition's image side; boxes are in these pixels
+
+
+def default_data_dir() -> Path:
+    """data/rsna when the real data is there, else the embedded demo data in data/demo."""
+    return RSNA_DIR if (RSNA_DIR / TRAIN_LABELS).is_file() else DEMO_DIR
