@@ -114,7 +114,12 @@ def train(preset: str | None = None, data_dir: Path | None = None,
     print(f"train: {cfg.name} on {cfg.data_dir}: {len(train_ids)} train / {len(val_ids)} val "
           f"images at {cfg.image_size} px, {cfg.backbone}, {cfg.total_epochs} epochs")
 
-    model = MaskRCNN(mode="training", config=cfg.mrcnn_config(), model_dir=str(run))
+    mcfg = cfg.mrcnn_config()
+    if not cfg.steps_per_epoch:     # 0: one pass over the images per epoch
+        mcfg.STEPS_PER_EPOCH = max(1, len(train_ids) // mcfg.BATCH_SIZE)
+    if not cfg.validation_steps:
+        mcfg.VALIDATION_STEPS = max(1, len(val_ids) // mcfg.BATCH_SIZE)
+    model = MaskRCNN(mode="training", config=mcfg, model_dir=str(run))
     checkpoint = _last_checkpoint(model) if resume else None
     if checkpoint:
         model.load_weights(checkpoint, by_name=True)

@@ -1,0 +1,150 @@
+"""``submission``: the whole flow, resumable step by step.
+
+data (real data/rsna, else the embedded demo data) -> train -> predict val/test -> tune ->
+submit -> score -> report. Each step's output is its proof of completion: rerunning after a kill
+resumes the newest unfinished run of the same configuration and redoes only the missing steps.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import shutil
+import time
+from pathlib import Path
+
+from kit import paths
+from kit.config import PRESETS, RunConfig, get_preset
+from kit.errors import KitError
+
+
+def add_submission_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default=None, choices=list(PRESETS),
+                   help="configuration (default: demo on CPU, kaggle on a GPU)")
+    p.add_argument("--data", type=Path, default=None,
+                   help="data folder in Kaggle's layout (default: data/rsna, else the embedded "
+                        "demo data in data/demo, generated on first use)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value (repeatable)")
+    p.add_argument("--weights", type=Path, default=None, help="initial weights (init=coco)")
+    p.add_argument("--runs-dir", type=Path, default=paths.RUNS_DIR)
+    p.add_argument("--workdir", type=Path, default=None,
+                   help="put runs/ and submissions/ under this folder (Kaggle: /kaggle/working)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="also copy the final submission here (e.g. /kaggle/working/submission.csv)")
+    p.add_argument("--new", action="store_true",
+                   help="start a new run even if an unfinished one with this config exists")
+
+
+def ensure_data(data: Path | None) -> Path:
+    """The data folder to use; generates the embedded demo data set when there is no real data."""
+    if data is not None:
+        if not (Path(data) / paths.TRAIN_LABELS).is_file():
+            raise KitError(f"no {paths.TRAIN_LABELS} in {data}: not a data folder in Kaggle's layout")
+        return Path(data)
+    if (paths.RSNA_DIR / paths.TRAIN_LABELS).is_file():
+        print(f"data: the real Kaggle data in {paths.RSNA_DIR}")
+        return paths.RSNA_DIR
+    print(f"data: no Kaggle data in {paths.RSNA_DIR} (see `make data`); using the EMBEDDED "
+          f"SYNTHETIC demo data set in {paths.DEMO_DIR} - its scores are not leaderboard scores")
+    if not (paths.DEMO_DIR / paths.TRAIN_LABELS).is_file():
+        from kit.synth import make_dataset
+
+        make_dataset(paths.DEMO_DIR, **DEMO_DATA)
+    return paths.DEMO_DIR
+
+
+# the embedded demo data set that `make submission` generates when there is no real data
+DEMO_DATA = dict(n_train=400, n_test=100, size=256, seed=0)
+
+
+def trained_epochs(run: Path) -> int:
+    """Last epoch with a checkpoint in the run (0 when none)."""
+    epochs = [int(m.group(1)) for p in Path(run).rglob("mask_rcnn_*.h5")
+              if (m := re.search(r"_(\d{4})\.h5$", p.name))]
+    return max(epochs, default=0)
+
+
+def find_unfinished(runs_dir: Path, cfg: RunConfig) -> Path | None:
+    """Newest run with exactly this config whose pipeline did not finish."""
+    if not Path(runs_dir).is_dir():
+        return None
+    for run in sorted(Path(runs_dir).iterdir(), key=lambda p: p.stat().st_mtime, reverse=True):
+        try:
+            same = RunConfig.load(run / "config.json") == cfg
+        except KitError:
+            continue
+        if same and not (run / "pipeline.done").is_file():
+            return run
+    return None
+
+
+def _newer(path: Path, *than: Path) -> bool:
+    return path.is_file() and all(path.stat().st_mtime >= t.stat().st_mtime
+                                  for t in than if t.is_file())
+
+
+def _cli(*argv: str | Path) -> None:
+    from kit.cli import main
+
+    code = main([str(a) for a in argv])
+    if code:
+        raise KitError(f"step `python -m kit {' '.join(map(str, argv))}` failed (exit {code})")
+
+
+def run_submission(args: argparse.Namespace) -> int:
+    start = time.time()
+    runs_dir, subs_dir = Path(args.runs_dir), paths.SUBMISSIONS_DIR
+    if args.workdir:
+        runs_dir, subs_dir = Path(args.workdir) / "runs", Path(args.workdir) / "submissions"
+    data_dir = ensure_data(args.data)
+    from kit.train import default_preset, train
+
+    preset = args.preset or default_preset()
+    cfg = dataclasses.replace(get_preset(preset, args.set), data_dir=str(data_dir))
+    run = None if args.new else find_unfinished(runs_dir, cfg)
+    if run is None:
+        run = train(preset=preset, data_dir=data_dir, overrides=args.set, weights=args.weights,
+                    runs_dir=runs_dir)
+    elif trained_epochs(run) < cfg.total_epochs:
+        print(f"resuming unfinished run {run}")
+        train(resume=str(run), runs_dir=runs_dir)
+    else:
+        print(f"resuming unfinished run {run} (training already complete)")
+
+    last = max(Path(run).rglob("mask_rcnn_*.h5"), key=lambda p: p.stat().st_mtime)
+    if not (_newer(run / "raw_val.csv", last) and _newer(run / "raw_test.csv", last)):
+        _cli("predict", "--run", run, "--split", "all")
+    if not _newer(run / "postprocess.json", run / "raw_val.csv"):
+        _cli("tune", "--run", run)
+    sub = subs_dir / f"{run.name}.csv"
+    _cli("submit", "--run", run, "--out", sub, "--force")
+    val_sub = write_val_submission(run)
+    _cli("score", "--submission", val_sub, "--labels", data_dir / paths.TRAIN_LABELS)
+    test_labels = data_dir / paths.DEMO_TEST_LABELS
+    if test_labels.is_file():   # the demo's hidden test ground truth: score the real submission
+        _cli("score", "--submission", sub, "--labels", test_labels)
+    _cli("report", "--run", run, "--runs-dir", runs_dir)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(sub, Path(args.out).with_suffix(".tmp"))
+        Path(args.out).with_suffix(".tmp").replace(args.out)
+    (run / "pipeline.done").write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
+    print(f"\ndone in {time.time() - start:.0f} s\n  run:        {run}\n  submission: {sub}"
+          f"{f' (copied to {args.out})' if args.out else ''}\n  report:     {run / 'report.md'}"
+          f"\n  leaderboard: {subs_dir / 'leaderboard.csv'}")
+    return 0
+
+
+def write_val_submission(run: Path) -> Path:
+    """The tuned post-processing applied to raw_val.csv, as a submission over the val images."""
+    import pandas as pd
+
+    from kit.postprocess import PostProcess
+    from kit.submission import write_submission
+
+    ids = pd.read_csv(run / "val_ids.csv").patientId.astype(str).tolist()
+    preds = PostProcess.from_json(run / "postprocess.json").apply(pd.read_csv(run / "raw_val.csv"))
+    out = run / "val_submission.csv"
+    write_submission(out, preds, ids)
+    return out
