@@ -1,0 +1,50 @@
+"""Box conversions at the model boundary, flip TTA and the RSNA dataset (no TensorFlow)."""
+import numpy as np
+
+from kit.dataset import RSNADataset, as_rgb, boxes_to_masks
+from kit.predict import fuse, unflip, xyxy_to_raw
+
+
+def test_model_boxes_map_back_to_the_1024_frame():
+    # y1, x1, y2, x2 in a 256-px cache image -> x, y, w, h in 1024 px (x4)
+    raw = xyxy_to_raw(np.array([[10, 20, 50, 100]]), side=256)
+    np.testing.assert_array_equal(raw, [[80, 40, 320, 160]])
+    assert xyxy_to_raw(np.zeros((0, 4)), 256).shape == (0, 4)
+
+
+def test_unflip_is_an_involution_and_mirrors_x():
+    rois = np.array([[10.0, 20.0, 50.0, 100.0]])
+    np.testing.assert_array_equal(unflip(rois, 128), [[10, 28, 50, 108]])
+    np.testing.assert_array_equal(unflip(unflip(rois, 128), 128), rois)
+
+
+def test_flip_tta_fusion_of_agreeing_boxes_is_their_weighted_mean():
+    a = np.array([[10.0, 10.0, 50.0, 50.0]])
+    b = np.array([[12.0, 10.0, 52.0, 50.0]])
+    boxes, scores = fuse([a, b], [np.array([0.9]), np.array([0.9])], side=128)
+    assert boxes.shape == (1, 4)
+    np.testing.assert_allclose(boxes[0], [11, 10, 51, 50], atol=1e-4)
+    np.testing.assert_allclose(scores, [0.9], atol=1e-6)
+    empty_boxes, empty_scores = fuse([np.zeros((0, 4))] * 2, [np.zeros(0)] * 2, side=128)
+    assert empty_boxes.shape == (0, 4) and empty_scores.shape == (0,)
+
+
+def test_boxes_become_filled_rectangles_in_cache_pixels():
+    masks = boxes_to_masks(np.array([[256.0, 512.0, 128.0, 256.0]]), side=128)
+    assert masks.shape == (128, 128, 1)
+    ys, xs = np.nonzero(masks[..., 0])
+    assert (ys.min(), ys.max(), xs.min(), xs.max()) == (64, 95, 32, 47)
+    assert boxes_to_masks(np.zeros((0, 4)), 64).shape == (64, 64, 0)
+
+
+def test_rsna_dataset_serves_rgb_images_and_masks():
+    images = {"a": np.full((64, 64), 7, np.uint8), "b": np.zeros((64, 64), np.uint8)}
+    ds = RSNADataset(images.__getitem__, 64, ["a", "b"],
+                     {"a": np.array([[0.0, 0.0, 512.0, 512.0]])})
+    assert ds.num_classes == 2 and len(ds.image_ids) == 2
+    assert ds.load_image(0).shape == (64, 64, 3) and ds.load_image(0)[0, 0, 2] == 7
+    mask, class_ids = ds.load_mask(0)
+    assert mask.shape == (64, 64, 1) and mask[:32, :32].all() and class_ids.tolist() == [1]
+    mask, class_ids = ds.load_mask(1)
+    assert mask.shape == (64, 64, 0) and class_ids.shape == (0,)
+    assert as_rgb(images["a"]).shape == (64, 64, 3)
