@@ -1,0 +1,108 @@
+"""Patient-level train/val split, stratified on boxes per image (0, 1, 2, 3+); command ``split``.
+
+``python -m kit split --data DIR`` writes ``data/cache/<DIR name>-split.csv`` (patientId,split with
+split in {train, val}), next to the prepared-image caches of the same data. A rerun that would
+write a different split refuses unless --force.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from kit import paths
+from kit.errors import KitError
+from kit.io import write_csv
+from kit.labels import default_data_dir, read_labels
+
+STRATA = ("0", "1", "2", "3+")
+
+
+def strata_of(labels_df: pd.DataFrame) -> pd.Series:
+    """Stratum label per patientId (labels order): boxes per image as 0, 1, 2 or 3+."""
+    boxes = labels_df.groupby("patientId", sort=False)["Target"].sum()
+    return boxes.clip(upper=3).map(dict(enumerate(STRATA)))
+
+
+def split_patients(labels_df: pd.DataFrame, n_val: int = 1500,
+                   seed: int = 0) -> tuple[list[str], list[str]]:
+    """(train_ids, val_ids), each in label-file order; no patientId is in both.
+
+    When ``n_val`` is at least half the images, 20% (rounded) go to val instead. Each stratum
+    gives val its proportional share (largest remainder, so within 1 image of exact); which
+    images is a seeded draw, so the same labels and seed give the same split.
+    """
+    strata = strata_of(labels_df)
+    n = len(strata)
+    if n_val < 0:
+        raise KitError(f"--n-val must be >= 0, got {n_val}")
+    if n_val >= n / 2:
+        n_val = round(0.2 * n)
+    sizes = np.array([(strata == s).sum() for s in STRATA])
+    exact = n_val * sizes / max(n, 1)
+    share = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - share), kind="stable")[: n_val - share.sum()]:
+        share[i] += 1
+    rng = np.random.default_rng(seed)
+    val: set[str] = set()
+    for stratum, k in zip(STRATA, share):
+        ids = strata.index[strata == stratum].to_numpy()
+        val.update(ids[rng.permutation(len(ids))[:k]])
+    train_ids = [pid for pid in strata.index if pid not in val]
+    val_ids = [pid for pid in strata.index if pid in val]
+    return train_ids, val_ids
+
+
+def read_split(path: str | Path) -> tuple[list[str], list[str]]:
+    """(train_ids, val_ids) from a split CSV written by ``split``."""
+    path = Path(path)
+    if not path.is_file():
+        raise KitError("split file not found: run `python -m kit split`", path=path)
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    for column in ("patientId", "split"):
+        if column not in df.columns:
+            raise KitError("missing column; expected patientId,split", path=path, row=1, field=column)
+    bad = ~df["split"].isin(["train", "val"])
+    if bad.any():
+        raise KitError("split must be train or val", path=path, row=int(np.flatnonzero(bad)[0]) + 2,
+                       field="split")
+    return (df.loc[df["split"] == "train", "patientId"].tolist(),
+            df.loc[df["split"] == "val", "patientId"].tolist())
+
+
+def default_split_path(data_dir: Path) -> Path:
+    """data/cache/<data folder name>-split.csv"""
+    return paths.CACHE_DIR / f"{Path(data_dir).resolve().name}-split.csv"
+
+
+def add_split_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, default=None,
+                        help="data folder (default: data/rsna if present, else data/demo)")
+    parser.add_argument("--n-val", type=int, default=1500,
+                        help="val images (default 1500; 20%% when that is half the data or more)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output CSV (default: data/cache/<data folder name>-split.csv)")
+    parser.add_argument("--force", action="store_true", help="replace an existing, different split")
+
+
+def run_split(args: argparse.Namespace) -> int:
+    data = args.data or default_data_dir()
+    labels = read_labels(data / paths.TRAIN_LABELS)
+    train_ids, val_ids = split_patients(labels, args.n_val, args.seed)
+    out = args.out or default_split_path(data)
+    if out.is_file() and not args.force and read_split(out) != (train_ids, val_ids):
+        raise KitError("a different split is already there (other --n-val/--seed or labels); "
+                       "pass --force to replace it", path=out)
+    table = pd.DataFrame({"patientId": train_ids + val_ids,
+                          "split": ["train"] * len(train_ids) + ["val"] * len(val_ids)})
+    write_csv(out, table)
+    strata = strata_of(labels)
+    in_val = strata.index.isin(val_ids)
+    for stratum in STRATA:
+        total = int((strata == stratum).sum())
+        print(f"{stratum + ' boxes':<10} {total:>7,} images {int((in_val & (strata == stratum)).sum()):>6,} val")
+    print(f"wrote {out}: {len(train_ids):,} train, {len(val_ids):,} val")
+    return 0

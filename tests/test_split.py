@@ -1,0 +1,73 @@
+import numpy as np
+import pandas as pd
+
+from kit import cli, labels, paths, split
+
+
+def make_labels(counts: dict[int, int]) -> pd.DataFrame:
+    """A labels table with counts[k] images of k boxes (ids p<k>-<i>)."""
+    rows = []
+    for k, n in counts.items():
+        for i in range(n):
+            pid = f"p{k}-{i}"
+            rows += [(pid, np.nan, np.nan, np.nan, np.nan, 0)] if k == 0 else \
+                [(pid, 10.0, 10.0, 100.0, 100.0, 1)] * k
+    return pd.DataFrame(rows, columns=labels.LABEL_COLUMNS)
+
+
+def test_disjoint_complete_and_stratified():
+    df = make_labels({0: 700, 1: 130, 2: 160, 3: 7, 4: 3})
+    train, val = split.split_patients(df, n_val=100, seed=0)
+    assert len(val) == 100 and len(train) == 900
+    assert not set(train) & set(val) and set(train) | set(val) == set(df["patientId"])
+    strata = split.strata_of(df)
+    for stratum, total in zip(split.STRATA, (700, 130, 160, 10)):
+        got = int(strata[val].eq(stratum).sum())
+        assert abs(got - 100 * total / 1000) <= 1, stratum
+    assert train == [p for p in dict.fromkeys(df["patientId"]) if p not in set(val)]  # file order
+
+
+def test_small_data_uses_20_percent():
+    df = make_labels({0: 30, 1: 10})
+    train, val = split.split_patients(df, n_val=1500)
+    assert len(val) == 8 and len(train) == 32
+    assert sum(p.startswith("p1") for p in val) == 2
+
+
+def test_seeded_and_deterministic():
+    df = make_labels({0: 300, 1: 50, 2: 50})
+    assert split.split_patients(df, 80, seed=1) == split.split_patients(df, 80, seed=1)
+    assert split.split_patients(df, 80, seed=1)[1] != split.split_patients(df, 80, seed=2)[1]
+
+
+def test_cli_writes_csv_and_refuses_a_different_rerun(tmp_path, capsys):
+    make_labels({0: 40, 1: 10}).to_csv(tmp_path / paths.TRAIN_LABELS, index=False)
+    out = tmp_path / "split.csv"
+    args = ["split", "--data", str(tmp_path), "--out", str(out)]
+    assert cli.main(args) == 0
+    table = pd.read_csv(out)
+    assert list(table.columns) == ["patientId", "split"] and (table["split"] == "val").sum() == 10
+    assert split.read_split(out) == split.split_patients(labels.read_labels(tmp_path / paths.TRAIN_LABELS))
+    assert cli.main(args) == 0                                         # same split: fine
+    before = out.read_bytes()
+    assert cli.main(args + ["--seed", "9"]) == 2
+    assert "--force" in capsys.readouterr().err and out.read_bytes() == before
+    assert cli.main(args + ["--seed", "9", "--force"]) == 0 and out.read_bytes() != before
+
+
+def test_default_out_is_under_data_cache(in_tmp):
+    data = in_tmp / "mydata"
+    data.mkdir()
+    make_labels({0: 8, 2: 2}).to_csv(data / paths.TRAIN_LABELS, index=False)
+    assert cli.main(["split", "--data", str(data)]) == 0
+    assert (in_tmp / "data" / "cache" / "mydata-split.csv").is_file()
+
+
+def test_real_labels_1500_val(real_rsna):
+    df = labels.read_labels(real_rsna / paths.TRAIN_LABELS)
+    train, val = split.split_patients(df)
+    assert len(val) == 1500 and len(train) == 26684 - 1500 and not set(train) & set(val)
+    strata = split.strata_of(df)
+    for stratum in split.STRATA:
+        exact = 1500 * strata.eq(stratum).sum() / len(strata)
+        assert abs(strata[val].eq(stratum).sum() - exact) <= 1
