@@ -1,0 +1,213 @@
+"""``tune``: sweep post-processing settings on raw validation detections -> postprocess.json.
+
+The grid is score_threshold x box_scale x max_boxes x image_threshold (``nms_iou`` is fixed,
+not swept). Every setting is scored with the competition metric, vectorised across settings:
+
+* with the predictions of an image ranked once (kit.metric's ranking), every setting keeps a
+  PREFIX of that ranking: L = min(#scores >= threshold, max_boxes), or 0 when the image's best
+  score is below the image gate (NMS commutes with the score threshold, so it runs first);
+* matching a prefix gives the prefix of the full matching (kit.metric.match_predictions), so
+  per box scale ONE matching yields the image score for every L (kit.metric.prefix_image_scores);
+* a setting's mAP is then a gather of those tables at L and a mean over non-excluded images.
+
+The score of a setting equals ``score_dataset(gt, PostProcess(...).apply(raw))`` (tested).
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from kit import paths
+from kit.errors import KitError
+from kit.metric import make_batch, match_predictions, prefix_image_scores
+from kit.postprocess import PostProcess, nms_mask, raw_arrays, read_ids, read_raw, scale_boxes
+
+THRESHOLDS = tuple(round(0.01 * i, 2) for i in range(100))          # 0.00 .. 0.99
+SCALES = tuple(round(0.775 + 0.025 * i, 3) for i in range(10))      # 0.775 .. 1.0
+MAX_BOXES = (1, 2, 3, 4)
+IMAGE_THRESHOLDS = tuple(round(0.1 * i, 1) for i in range(10))       # 0.0 .. 0.9
+CHUNK = 512   # images per vectorised block (bounds memory: CHUNK x settings floats)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """mAP of every setting: ``map[scale, threshold, max_boxes, image_threshold]`` (NaN: all
+    images excluded)."""
+
+    scales: tuple[float, ...]
+    thresholds: tuple[float, ...]
+    max_boxes: tuple[int, ...]
+    image_thresholds: tuple[float, ...]
+    nms_iou: float | None
+    map: np.ndarray
+    n_images: int
+
+    def setting(self, index: tuple[int, int, int, int]) -> PostProcess:
+        s, t, m, g = index
+        return PostProcess(score_threshold=self.thresholds[t], image_threshold=self.image_thresholds[g],
+                           box_scale=self.scales[s], max_boxes=self.max_boxes[m], nms_iou=self.nms_iou)
+
+    def top(self, n: int = 10) -> list[tuple[PostProcess, float]]:
+        """The n best settings, best first (ties: first in grid order)."""
+        flat = np.where(np.isnan(self.map), -np.inf, self.map).ravel()
+        order = np.argsort(-flat, kind="stable")[:n]
+        return [(self.setting(np.unravel_index(i, self.map.shape)), float(flat[i])) for i in order]
+
+    @property
+    def best(self) -> tuple[PostProcess, float]:
+        return self.top(1)[0]
+
+
+def sweep(raw: pd.DataFrame, gt: Mapping[str, np.ndarray], *,
+          thresholds: Sequence[float] = THRESHOLDS, scales: Sequence[float] = SCALES,
+          max_boxes: Sequence[int] = MAX_BOXES, image_thresholds: Sequence[float] = IMAGE_THRESHOLDS,
+          nms_iou: float | None = None, progress: bool = False) -> Sweep:
+    """Score every setting of the grid on the images of ``gt`` (all of them, with or without rows).
+
+    ``raw``: raw detections (RAW_COLUMNS, xywh in 1024-px pixels); ``gt``: patientId -> (k,4) xywh.
+    Raw rows for an id not in ``gt`` raise KitError.
+    """
+    pid, scores, boxes = raw_arrays(raw)
+    strays = sorted(set(pid) - set(gt))
+    if strays:
+        raise KitError(f"{len(strays)} patientIds of the raw detections are not in the labels "
+                       f"(first: {strays[0]!r}); tune on the validation images")
+    if nms_iou is not None:
+        keep = nms_mask(pd.factorize(pid)[0], scores, boxes, nms_iou)
+        pid, scores, boxes = pid[keep], scores[keep], boxes[keep]
+    ids = list(gt)
+    rows = pd.Series(np.arange(len(pid))).groupby(pid).indices
+    none = np.zeros(0, np.int64)
+    thr = np.asarray(thresholds, np.float64)
+    mb = np.asarray(max_boxes, np.int64)
+    gate = np.asarray(image_thresholds, np.float64)
+    total = np.zeros((len(scales), len(thr), len(mb), len(gate)))
+    counted = np.zeros_like(total)
+    blocks = range(0, len(ids), CHUNK)
+    for start in tqdm(blocks, desc="tune", unit="block", disable=not progress):
+        chunk = ids[start:start + CHUNK]
+        sel = [rows.get(p, none) for p in chunk]
+        batch = make_batch([np.asarray(gt[p], np.float64).reshape(-1, 4) for p in chunk],
+                           [(scores[r], boxes[r]) for r in sel])
+        # kept prefix length per image and setting: (N, thr, max_boxes, gate)
+        n_ge = (batch.scores[:, :, None] >= thr[None, None, :]).sum(axis=1)
+        length = np.minimum(n_ge[:, :, None], mb[None, None, :])
+        gate_ok = batch.scores[:, 0][:, None] >= gate[None, :]
+        length = np.where(gate_ok[:, None, None, :], length[..., None], 0)
+        image = np.arange(len(chunk))[:, None, None, None]
+        for s, scale in enumerate(scales):
+            scaled = scale_boxes(batch.boxes.reshape(-1, 4), scale).reshape(batch.boxes.shape)
+            matched = match_predictions(replace(batch, boxes=scaled))
+            table = prefix_image_scores(matched, batch.n_gt)              # (N, P+1)
+            values = table[image, length]                                 # (N, thr, mb, gate)
+            valid = ~np.isnan(values)
+            total[s] += np.where(valid, values, 0.0).sum(axis=0)
+            counted[s] += valid.sum(axis=0)
+    with np.errstate(invalid="ignore"):
+        result = np.where(counted > 0, total / np.where(counted > 0, counted, 1), np.nan)
+    return Sweep(tuple(scales), tuple(thresholds), tuple(int(m) for m in mb),
+                 tuple(image_thresholds), nms_iou, result, len(ids))
+
+
+def plot_sweep(result: Sweep, path: Path) -> None:
+    """PNG: best mAP (over max_boxes and image gates) vs score threshold, one line per scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from kit.io import save_figure
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    best = np.nanmax(np.where(np.isnan(result.map), -np.inf, result.map), axis=(2, 3))
+    for s, scale in enumerate(result.scales):
+        ax.plot(result.thresholds, np.where(np.isfinite(best[s]), best[s], np.nan),
+                label=f"box scale {scale:g}")
+    post, value = result.best
+    ax.scatter([post.score_threshold], [value], color="black", zorder=3,
+               label=f"best {value:.4f}")
+    ax.set_xlabel("score threshold")
+    ax.set_ylabel("mAP@[0.40:0.75] (best max_boxes, image gate)")
+    ax.set_title(f"post-processing sweep on {result.n_images} validation images")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    save_figure(path, fig)
+
+
+def add_tune_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", default=None, help="run folder, name or 'latest': reads raw_val.csv, "
+                   "val_ids.csv and the labels of the run's data_dir")
+    p.add_argument("--raw", type=Path, default=None, help="raw detections CSV (instead of --run)")
+    p.add_argument("--labels", type=Path, default=None,
+                   help=f"label CSV (with --raw; with --run default DATA_DIR/{paths.TRAIN_LABELS})")
+    p.add_argument("--ids", type=Path, default=None,
+                   help="CSV with a patientId column: the images to tune on (default: the run's "
+                        "val_ids.csv, else the ids in the raw table)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="postprocess.json to write (default: beside the raw table)")
+    p.add_argument("--plot", type=Path, default=None, help="PNG (default: tuning.png beside --out)")
+    p.add_argument("--thresholds", type=float, nargs="+", default=THRESHOLDS)
+    p.add_argument("--scales", type=float, nargs="+", default=SCALES)
+    p.add_argument("--max-boxes", type=int, nargs="+", default=MAX_BOXES)
+    p.add_argument("--image-thresholds", type=float, nargs="+", default=IMAGE_THRESHOLDS)
+    p.add_argument("--nms-iou", type=float, default=None, help="fixed NMS IoU (default: none)")
+    p.add_argument("--top", type=int, default=10, help="settings to print")
+
+
+def _inputs(args: argparse.Namespace) -> tuple[Path, Path, Path | None]:
+    """(raw table, labels, ids file or None) from --run or --raw/--labels."""
+    if (args.run is None) == (args.raw is None):
+        raise KitError("give exactly one of --run RUN or --raw RAW.csv (with --labels)")
+    if args.raw is not None:
+        if args.labels is None:
+            raise KitError("--raw needs --labels (the label CSV covering its images)")
+        return args.raw, args.labels, args.ids
+    from kit.config import RunConfig
+    from kit.labels import default_data_dir
+    from kit.runs import resolve_run
+
+    run = resolve_run(args.run)
+    cfg = RunConfig.load(run / "config.json")
+    labels = args.labels or Path(cfg.data_dir or default_data_dir()) / paths.TRAIN_LABELS
+    ids = args.ids or (run / "val_ids.csv" if (run / "val_ids.csv").is_file() else None)
+    return run / "raw_val.csv", labels, ids
+
+
+def run_tune(args: argparse.Namespace) -> int:
+    from kit.labels import boxes_by_patient, read_labels
+
+    raw_path, labels_path, ids_path = _inputs(args)
+    raw = read_raw(raw_path)
+    boxes = boxes_by_patient(read_labels(labels_path))
+    if ids_path is not None:
+        ids = read_ids(ids_path)
+    else:
+        ids = list(dict.fromkeys(raw["patientId"]))
+        print(f"note: no id list; tuning on the {len(ids)} images that have raw detections "
+              "(images without any detection are not seen: pass --ids)")
+    missing = [p for p in ids if p not in boxes]
+    if missing:
+        raise KitError(f"{len(missing)} images have no labels (first: {missing[0]!r})",
+                       path=labels_path, field="patientId")
+    result = sweep(raw, {p: boxes[p] for p in ids}, thresholds=args.thresholds,
+                   scales=args.scales, max_boxes=args.max_boxes,
+                   image_thresholds=args.image_thresholds, nms_iou=args.nms_iou, progress=True)
+    n_settings = result.map.size
+    print(f"{n_settings:,} settings x {result.n_images:,} images")
+    print(f"{'rank':>4} {'mAP':>7} {'threshold':>9} {'scale':>6} {'max_boxes':>9} {'image_gate':>10}")
+    for i, (post, value) in enumerate(result.top(args.top), 1):
+        print(f"{i:>4} {value:7.4f} {post.score_threshold:9.2f} {post.box_scale:6.3f} "
+              f"{post.max_boxes:9d} {post.image_threshold:10.2f}")
+    best, value = result.best
+    out = args.out or Path(raw_path).parent / "postprocess.json"
+    best.to_json(out)
+    plot = args.plot or Path(out).parent / "tuning.png"
+    plot_sweep(result, plot)
+    print(f"best mAP {value:.4f}: wrote {out} and {plot}")
+    return 0

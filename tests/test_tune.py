@@ -1,0 +1,115 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kit import cli
+from kit.metric import score_dataset
+from kit.postprocess import PostProcess
+from kit.runs import RAW_COLUMNS
+from kit.tune import sweep
+
+
+def synthetic(seed=0, n=60):
+    """Ground truth and raw detections: true boxes get a jittered, too-large detection with a
+    high score, plus low-score clutter everywhere (ties on purpose: scores on a 0.05 grid)."""
+    rng = np.random.default_rng(seed)
+    gt, rows = {}, []
+    for i in range(n):
+        pid = f"id{i:03d}"
+        k = rng.choice([0, 0, 1, 2])
+        g = np.column_stack([rng.integers(0, 700, (k, 2)), rng.integers(80, 300, (k, 2))]) * 1.0
+        gt[pid] = g
+        for box in g:
+            big = box + [-box[2] * 0.1, -box[3] * 0.1, box[2] * 0.2, box[3] * 0.2]
+            rows.append((pid, round(rng.uniform(0.5, 1.0) / 0.05) * 0.05, *(big + rng.normal(0, 4, 4))))
+        for _ in range(rng.integers(0, 4)):
+            rows.append((pid, round(rng.uniform(0.05, 0.6) / 0.05) * 0.05,
+                         *rng.integers(0, 700, 2), *rng.integers(50, 300, 2)))
+    raw = pd.DataFrame(rows, columns=RAW_COLUMNS)
+    raw[["x", "y"]] = raw[["x", "y"]].clip(lower=0)
+    return gt, raw
+
+
+def test_every_setting_equals_the_metric_on_the_applied_setting():
+    gt, raw = synthetic()
+    grid = dict(thresholds=(0.0, 0.3, 0.55, 0.95), scales=(0.8, 1.0, 1.2), max_boxes=(1, 3),
+                image_thresholds=(0.0, 0.6))
+    result = sweep(raw, gt, **grid)
+    assert result.map.shape == (3, 4, 2, 2)
+    for index in np.ndindex(result.map.shape):
+        post = result.setting(index)
+        expected = score_dataset(gt, post.apply(raw)).map
+        assert result.map[index] == pytest.approx(expected, abs=1e-12), post
+
+
+def test_sweep_with_nms_equals_the_metric():
+    gt, raw = synthetic(seed=1)
+    result = sweep(raw, gt, thresholds=(0.1, 0.5), scales=(0.9,), max_boxes=(2,),
+                   image_thresholds=(0.0, 0.7), nms_iou=0.3)
+    for index in np.ndindex(result.map.shape):
+        expected = score_dataset(gt, result.setting(index).apply(raw)).map
+        assert result.map[index] == pytest.approx(expected, abs=1e-12)
+
+
+def test_best_setting_is_found_on_a_crafted_case():
+    # every true box is detected at score 0.9 but 1/0.8 too large; false boxes score <= 0.6,
+    # and only negative images carry a 0.7 false box: the best is threshold in (0.7, 0.9],
+    # scale 0.8, one box (the second-best box is always a false one).
+    gt, rows = {}, []
+    for i in range(20):
+        pid = f"p{i}"
+        if i % 2:
+            gt[pid] = np.array([[100.0 + i, 200.0, 160.0, 240.0]])
+            x, y, w, h = gt[pid][0]
+            rows.append((pid, 0.9, x - w / 8, y - h / 8, w * 1.25, h * 1.25))
+            rows.append((pid, 0.6, 600, 600, 100, 100))
+        else:
+            gt[pid] = np.zeros((0, 4))
+            rows.append((pid, 0.7, 600, 100, 100, 100))
+    raw = pd.DataFrame(rows, columns=RAW_COLUMNS)
+    result = sweep(raw, gt, thresholds=(0.5, 0.65, 0.75, 0.95), scales=(0.6, 0.8, 1.0),
+                   max_boxes=(1, 2), image_thresholds=(0.0,))
+    best, value = result.best
+    assert (best.score_threshold, best.box_scale) == (0.75, 0.8)
+    assert value == pytest.approx(1.0)
+    others = np.delete(result.map[:, :, 0, 0].ravel(), 1 * 4 + 2)   # every other scale/threshold
+    assert (others < value - 0.1).all()
+    assert result.map[1, 0, 0, 0] > result.map[1, 0, 1, 0]         # at 0.5, one box beats two
+
+
+def test_tune_cli_writes_best_json_and_plot(in_tmp, tmp_path):
+    gt, raw = synthetic(n=30)
+    labels = [(pid, *b, 1) for pid, g in gt.items() for b in g]
+    labels += [(pid, None, None, None, None, 0) for pid, g in gt.items() if not len(g)]
+    pd.DataFrame(labels, columns=["patientId", "x", "y", "width", "height", "Target"]).to_csv(
+        "labels.csv", index=False)
+    raw.to_csv("raw.csv", index=False)
+    pd.DataFrame({"patientId": list(gt)}).to_csv("ids.csv", index=False)
+    code = cli.main(["tune", "--raw", "raw.csv", "--labels", "labels.csv", "--ids", "ids.csv",
+                     "--out", "out/post.json", "--thresholds", "0.3", "0.5", "--scales", "0.9", "1",
+                     "--max-boxes", "1", "2", "--image-thresholds", "0"])
+    assert code == 0
+    post = PostProcess.from_json("out/post.json")
+    assert post.score_threshold in (0.3, 0.5) and post.box_scale in (0.9, 1.0)
+    assert (in_tmp / "out" / "tuning.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((in_tmp / "out" / "post.json").read_text())["nms_iou"] is None
+
+
+def test_tune_cli_refuses_images_without_labels(in_tmp, capsys):
+    gt, raw = synthetic(n=5)
+    raw.to_csv("raw.csv", index=False)
+    pd.DataFrame({"patientId": ["someone"], "x": [None], "y": [None], "width": [None],
+                  "height": [None], "Target": [0]}).to_csv("labels.csv", index=False)
+    assert cli.main(["tune", "--raw", "raw.csv", "--labels", "labels.csv"]) == 2
+    assert "labels.csv, field 'patientId': 5 images have no labels" in capsys.readouterr().err
+    assert not (in_tmp / "postprocess.json").exists()
+
+
+def test_tune_does_not_import_tensorflow():
+    code = ("import sys; from kit import cli; cli.build_parser('tune'); import kit.tune; "
+            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
