@@ -1,0 +1,21 @@
+"""Kaggle kernel `infer`: predict (flip TTA), tune and write /kaggle/working/submission.csv from a
+run folder attached as input (the `train` kernel's output, or a dataset; KIT_RUN picks one).
+
+`python -m kit kernels build infer` turns this into one self-contained script (the kit embedded).
+"""
+import sys
+
+from kit.kaggle import runtime
+
+
+def steps(k: runtime.KernelPaths) -> list:
+    data = runtime.find_competition_data(k.input)
+    run = str(runtime.working_copy(runtime.find_run(k.input), k))
+    return [["predict", "--run", run, "--data", str(data), "--split", "all", "--tta", "flip"],
+            ["tune", "--run", run],
+            ["submit", "--run", run, "--data", str(data),
+             "--out", str(k.working / "submission.csv")]]
+
+
+if __name__ == "__main__":
+    sys.exit(runtime.main(steps))

@@ -1,0 +1,143 @@
+"""A loopback stand-in for the Kaggle API, for driving the REAL ``kaggle`` client offline.
+
+The client is pointed at it with KAGGLE_API_ENVIRONMENT=LOCALHOST (calls go to
+http://localhost/api/v1/<Service>/<Method>) and HTTP(S)_PROXY=http://127.0.0.1:<port>, so the
+server sees absolute-form request lines. It listens on 127.0.0.1 only and answers CONNECT
+(tunnels to anything real) with 403, so nothing can leave the machine.
+
+``KaggleMock.answers[method]`` is (status, JSON body) or a callable(request) -> (status, body);
+``KaggleMock.calls`` records every API call as (method, JSON body, headers); ``files`` maps a
+path under /files/ to bytes served by GET; ``uploads`` collects PUT bodies.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+USERNAME = "kitmockuser"
+KEY = "0123456789abcdef0123456789abcdef"   # fake legacy key; tests check it never leaks
+
+
+@dataclass
+class Call:
+    method: str
+    body: dict
+    headers: dict
+
+
+@dataclass
+class KaggleMock:
+    answers: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)
+    calls: list[Call] = field(default_factory=list)
+    uploads: dict[str, bytes] = field(default_factory=dict)
+    other: list[str] = field(default_factory=list)    # CONNECTs and unknown paths (refused)
+
+    def __post_init__(self) -> None:
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.answers = {**self.default_answers(), **self.answers}
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def default_answers(self) -> dict[str, Any]:
+        return {
+            "SaveKernel": (200, {"ref": f"/code/{USERNAME}/kernel", "url": "http://localhost/k",
+                                 "versionNumber": 3}),
+            "GetKernelSessionStatus": (200, {"status": "COMPLETE"}),
+            "ListKernelSessionOutput": (200, {"files": [], "log": "[]"}),
+            "StartSubmissionUpload": (200, {"createUrl": f"{self.url}/upload/sub", "token": "t0k"}),
+            "CreateSubmission": (200, {"message": "Successfully submitted", "ref": 7}),
+            "ListSubmissions": (200, {"submissions": []}),
+            "DownloadDataFiles": (302, f"{self.url}/files/rsna-pneumonia-detection-challenge.zip"),
+        }
+
+    def methods(self) -> list[str]:
+        return [c.method for c in self.calls]
+
+    def body(self, method: str) -> dict:
+        """The JSON body of the last call of ``method``."""
+        return [c.body for c in self.calls if c.method == method][-1]
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def env(self, home: Path) -> dict[str, str]:
+        """Environment that points the real client here with a fake legacy key in ``home``."""
+        kaggle_dir = home / ".kaggle"
+        kaggle_dir.mkdir(parents=True, exist_ok=True)
+        cred = kaggle_dir / "kaggle.json"
+        cred.write_text(json.dumps({"username": USERNAME, "key": KEY}))
+        os.chmod(cred, 0o600)
+        proxy = self.url
+        return {"KAGGLE_API_ENVIRONMENT": "LOCALHOST", "HOME": str(home),
+                "HTTP_PROXY": proxy, "HTTPS_PROXY": proxy, "http_proxy": proxy,
+                "https_proxy": proxy, "NO_PROXY": "", "no_proxy": "",
+                "KAGGLE_USERNAME": USERNAME, "KAGGLE_KEY": KEY}
+
+
+def _handler(mock: KaggleMock) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:   # keep test output clean
+            pass
+
+        def _send(self, status: int, body: bytes = b"", ctype: str = "application/json",
+                  headers: dict[str, str] | None = None) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _body(self) -> bytes:
+            n = int(self.headers.get("Content-Length") or 0)
+            return self.rfile.read(n) if n else b""
+
+        def do_CONNECT(self) -> None:
+            mock.other.append(f"CONNECT {self.path}")
+            self._send(403, b"loopback mock: no tunnels")
+
+        def do_POST(self) -> None:
+            path = urlsplit(self.path).path
+            if not path.startswith("/api/v1/"):
+                mock.other.append(f"POST {self.path}")
+                return self._send(404, b"{}")
+            method = path.rsplit("/", 1)[-1]
+            raw = self._body()
+            body = json.loads(raw) if raw else {}
+            mock.calls.append(Call(method, body, dict(self.headers)))
+            answer = mock.answers.get(method, (404, {"code": 404, "message": f"no {method}"}))
+            if callable(answer):
+                answer = answer(body)
+            status, payload = answer
+            if status in (301, 302, 303, 307):
+                return self._send(status, b"", headers={"Location": payload})
+            self._send(status, json.dumps(payload).encode())
+
+        def do_GET(self) -> None:
+            path = urlsplit(self.path).path
+            name = path[len("/files/"):] if path.startswith("/files/") else None
+            if name is None or name not in mock.files:
+                mock.other.append(f"GET {self.path}")
+                return self._send(404, b"not found", "text/plain")
+            self._send(200, mock.files[name], "application/octet-stream")
+
+        def do_PUT(self) -> None:
+            mock.uploads[urlsplit(self.path).path] = self._body()
+            self._send(200, b"{}")
+
+    return Handler
