@@ -1,0 +1,222 @@
+"""Training Mask R-CNN: the Keras training model, layer groups, callbacks and ``train()``.
+
+``TrainingModel`` is the functional training graph (built by model.py) whose last five outputs are
+the loss tensors of kit.mrcnn.losses. Its ``compute_loss`` sums LOSS_WEIGHTS x losses plus L2
+weight decay and tracks each loss so ``fit`` history and logs show rpn_class_loss ... and val_*.
+
+``train(model, ...)`` is what ``MaskRCNN.train`` delegates to, with Matterport's semantics:
+``epochs`` is the cumulative end epoch, training starts at ``model.epoch`` (the last finished
+epoch; set by loading one of our checkpoints), every finished epoch is checkpointed as
+``mask_rcnn_<name>_<epoch:04d>.h5`` in the legacy layout and appended to ``log_dir/history.csv``.
+A process killed mid-epoch loses at most that epoch: ``load_weights(find_last())`` then ``train``
+continues with the next one.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+import keras
+
+from kit.io import atomic_open
+from kit.mrcnn.data import Augmentation, DataGenerator
+from kit.mrcnn.losses import LOSS_NAMES
+
+_HEADS = r"(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)"
+LAYER_GROUPS = {
+    "heads": _HEADS,
+    "3+": r"(res3.*)|(bn3.*)|(res4.*)|(bn4.*)|(res5.*)|(bn5.*)|" + _HEADS,
+    "4+": r"(res4.*)|(bn4.*)|(res5.*)|(bn5.*)|" + _HEADS,
+    "5+": r"(res5.*)|(bn5.*)|" + _HEADS,
+    "all": ".*",
+}
+_NO_DECAY = ("gamma", "beta")
+
+
+def layer_regex(layers: str) -> str:
+    """The regex of a layer group (heads, 3+, 4+, 5+, all); any other string is a regex itself.
+
+    Layer names are matched with ``re.fullmatch``, as in Matterport.
+    """
+    regex = LAYER_GROUPS.get(layers, layers)
+    try:
+        re.compile(regex)
+    except re.error as exc:
+        raise ValueError(f"layers={layers!r} is neither one of {sorted(LAYER_GROUPS)} nor a "
+                         f"valid regex: {exc}") from None
+    return regex
+
+
+class TrainingModel(keras.Model):
+    """Functional training model whose loss is the weighted sum of its loss outputs + L2.
+
+    The last ``len(loss_names)`` outputs must be float32 scalar loss tensors in ``loss_names``
+    order. Total loss = sum(loss_weights[name] * loss) + weight_decay * sum over trainable
+    weights except BatchNorm gamma/beta of mean(w ** 2) (Matterport's L2: sum(w^2) / size(w)).
+    Each loss is tracked by a ``keras.metrics.Mean`` of the same name.
+    """
+
+    def __init__(self, inputs: Any, outputs: Any, loss_names: Sequence[str] = LOSS_NAMES,
+                 loss_weights: dict[str, float] | None = None, weight_decay: float = 0.0,
+                 name: str = "mask_rcnn", **kwargs: Any):
+        super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
+        self.loss_names = tuple(loss_names)
+        weights = dict(loss_weights or {})
+        unknown = set(weights) - set(self.loss_names)
+        if unknown:
+            raise ValueError(f"loss_weights has unknown losses {sorted(unknown)}; "
+                             f"known: {list(self.loss_names)}")
+        self.loss_weights = {n: float(weights.get(n, 1.0)) for n in self.loss_names}
+        self.weight_decay = float(weight_decay)
+        self.loss_trackers = [keras.metrics.Mean(name=n) for n in self.loss_names]
+
+    def l2_loss(self) -> Any:
+        """Matterport's weight decay term over the current trainable weights (float32 scalar)."""
+        terms = [keras.ops.mean(keras.ops.square(keras.ops.cast(w, "float32")))
+                 for w in self.trainable_weights if w.name not in _NO_DECAY]
+        if not terms or self.weight_decay == 0:
+            return keras.ops.zeros((), "float32")
+        return self.weight_decay * keras.ops.sum(keras.ops.stack(terms))
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """Weighted sum of the loss outputs (+ L2 when training), scaled for tf.distribute."""
+        losses = list(y_pred)[-len(self.loss_names):]
+        total = keras.ops.zeros((), "float32")
+        for name, loss, tracker in zip(self.loss_names, losses, self.loss_trackers):
+            loss = keras.ops.cast(keras.ops.mean(loss), "float32")
+            tracker.update_state(loss)
+            total = total + self.loss_weights[name] * loss
+        if training:
+            total = total + self.l2_loss()
+        return _scale_for_replicas(total)
+
+
+def _scale_for_replicas(value: Any) -> Any:
+    """value / number of replicas, so summing replica gradients averages them."""
+    import tensorflow as tf
+
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return value / float(replicas) if replicas > 1 else value
+
+
+class Checkpoint(keras.callbacks.Callback):
+    """Save the weights after every epoch through kit.mrcnn.weights.save_weights (atomic)."""
+
+    def __init__(self, keras_model: keras.Model, path_template: str):
+        super().__init__()
+        self.keras_model, self.path_template = keras_model, path_template
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        from kit.mrcnn.weights import save_weights
+
+        save_weights(self.keras_model, self.path_template.format(epoch=epoch + 1))
+
+
+class HistoryCSV(keras.callbacks.Callback):
+    """Append each finished epoch (1-based, as the checkpoint numbers) to a CSV, atomically.
+
+    Rows of epochs >= the one being written are replaced, so an epoch re-run after a crash
+    appears once.
+    """
+
+    def __init__(self, path: str | Path):
+        super().__init__()
+        self.path = Path(path)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        rows = []
+        if self.path.is_file():
+            with open(self.path, newline="", encoding="utf-8") as fh:
+                rows = [r for r in csv.DictReader(fh) if int(r["epoch"]) < epoch + 1]
+        rows.append({"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}})
+        fields = ["epoch"] + sorted({k for r in rows for k in r} - {"epoch"})
+        with atomic_open(self.path, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=fields, restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+class TerminateOnNaN(keras.callbacks.Callback):
+    """Stop training with a FloatingPointError that says where and what to do on a NaN/inf loss."""
+
+    def __init__(self, checkpoint_hint: str, learning_rate: float):
+        super().__init__()
+        self.checkpoint_hint, self.learning_rate = checkpoint_hint, learning_rate
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        logs = logs or {}
+        loss = float(logs.get("loss", 0.0))
+        if math.isfinite(loss):
+            return
+        bad = [k for k in LOSS_NAMES if k in logs and not math.isfinite(float(logs[k]))]
+        raise FloatingPointError(
+            f"training loss is {loss} at epoch {self.epoch + 1}, batch {batch + 1} (non-finite: "
+            f"{', '.join(bad) or 'weight decay'}); this epoch is not checkpointed. Lower the "
+            f"learning rate (now {self.learning_rate}) or GRADIENT_CLIP_NORM, check the boxes "
+            f"for zero sizes, then resume from {self.checkpoint_hint}")
+
+
+def _existing_checkpoints(template: str, first: int, last: int) -> list[str]:
+    return [p for p in (template.format(epoch=e) for e in range(first, last + 1))
+            if Path(p).exists()]
+
+
+def train(model: Any, train_dataset: Any, val_dataset: Any | None, learning_rate: float,
+          epochs: int, layers: str, augmentation: Augmentation | None = None,
+          custom_callbacks: list[keras.callbacks.Callback] | None = None,
+          workers: int = 1) -> keras.callbacks.History | None:
+    """Train ``model`` (a MaskRCNN in training mode) from epoch ``model.epoch`` up to ``epochs``.
+
+    train_dataset / val_dataset: kit.mrcnn.utils.Dataset (prepared); val may be None.
+    layers: heads | 3+ | 4+ | 5+ | all | a regex of layer names to train (others frozen).
+    Each epoch is config.STEPS_PER_EPOCH batches (validation: VALIDATION_STEPS). The optimizer is
+    SGD(learning_rate, LEARNING_MOMENTUM, clipnorm=GRADIENT_CLIP_NORM), compiled without XLA in
+    ``model.strategy.scope()``. Returns the History, or None when ``epochs`` is already reached.
+    Refuses (FileExistsError) to overwrite checkpoints of the epochs it would train.
+    """
+    config = model.config
+    if getattr(model, "mode", "training") != "training":
+        raise ValueError("train() needs a MaskRCNN built with mode='training'")
+    replicas = model.strategy.num_replicas_in_sync
+    if replicas != config.GPU_COUNT:
+        raise ValueError(f"config.GPU_COUNT={config.GPU_COUNT} but the strategy has {replicas} "
+                         f"replicas: set GPU_COUNT={replicas} so each replica gets IMAGES_PER_GPU "
+                         "images")
+    if epochs <= model.epoch:
+        print(f"Already trained to epoch {model.epoch} >= {epochs}; nothing to do.")
+        return None
+    clash = _existing_checkpoints(model.checkpoint_path, model.epoch + 1, epochs)
+    if clash:
+        raise FileExistsError(f"{clash[0]}: checkpoint of an epoch to be trained exists; resume "
+                              "with load_weights(find_last()) or use a new model_dir")
+    train_gen = DataGenerator(train_dataset, config, shuffle=True, augmentation=augmentation,
+                              workers=workers, steps=config.STEPS_PER_EPOCH, seed=model.epoch)
+    val_gen = None if val_dataset is None else DataGenerator(
+        val_dataset, config, shuffle=True, workers=workers, steps=config.VALIDATION_STEPS,
+        seed=model.epoch)
+    Path(model.log_dir).mkdir(parents=True, exist_ok=True)
+    callbacks = [
+        TerminateOnNaN(f"load_weights(find_last()) in {model.log_dir}", learning_rate),
+        Checkpoint(model.keras_model, model.checkpoint_path),
+        HistoryCSV(Path(model.log_dir) / "history.csv"),
+        *(custom_callbacks or []),
+    ]
+    print(f"Starting at epoch {model.epoch}. LR={learning_rate}\nCheckpoint path: "
+          f"{model.checkpoint_path}")
+    model.set_trainable(layer_regex(layers))
+    with model.strategy.scope():
+        optimizer = keras.optimizers.SGD(learning_rate=learning_rate,
+                                         momentum=config.LEARNING_MOMENTUM,
+                                         clipnorm=config.GRADIENT_CLIP_NORM)
+        model.keras_model.compile(optimizer=optimizer, jit_compile=False)
+    history = model.keras_model.fit(train_gen, initial_epoch=model.epoch, epochs=epochs,
+                                    validation_data=val_gen, callbacks=callbacks, shuffle=False)
+    model.epoch = max(model.epoch, epochs)
+    return history
