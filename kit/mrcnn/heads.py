@@ -1,0 +1,70 @@
+"""RPN, FPN classifier/box head and mask head with Matterport's layer names.
+
+The per-ROI heads do not use TimeDistributed: ROIs are merged [B, N, ...] -> [B*N, ...], run
+through plain Conv2D/BatchNorm/Dense layers named like Matterport's wrappers (same weights, so
+mask_rcnn_coco.h5 loads) and split back, keeping the graph size independent of N.
+"""
+from __future__ import annotations
+
+import keras
+from keras import layers as KL
+
+from kit.mrcnn.backbone import BatchNorm
+from kit.mrcnn.layers import MergeROIs, PyramidROIAlign, SplitROIs
+
+
+def build_rpn_model(anchor_stride: int, anchors_per_location: int, depth: int) -> keras.Model:
+    """The shared RPN applied to every pyramid level, as a nested model named ``rpn_model``.
+
+    Input: a feature map [B, h, w, depth]. Outputs: rpn_class_logits [B, h*w*k, 2],
+    rpn_probs [B, h*w*k, 2], rpn_bbox [B, h*w*k, 4] (deltas / RPN_BBOX_STD_DEV), rows in
+    (row, column, ratio) order, the order of utils.generate_anchors.
+    """
+    feature_map = KL.Input(shape=[None, None, depth], name="input_rpn_feature_map")
+    shared = KL.Conv2D(512, 3, padding="same", activation="relu", strides=anchor_stride,
+                       name="rpn_conv_shared")(feature_map)
+    x = KL.Conv2D(2 * anchors_per_location, 1, name="rpn_class_raw")(shared)
+    logits = KL.Reshape((-1, 2))(x)
+    probs = KL.Activation("softmax", name="rpn_class_probs")(logits)
+    x = KL.Conv2D(4 * anchors_per_location, 1, name="rpn_bbox_pred")(shared)
+    bbox = KL.Reshape((-1, 4))(x)
+    return keras.Model(feature_map, [logits, probs, bbox], name="rpn_model")
+
+
+def fpn_classifier_graph(rois, feature_maps: list, image_meta, pool_size: int,
+                         num_classes: int, num_rois: int, train_bn: bool,
+                         fc_layers_size: int = 1024):
+    """Classifier and box regressor on ROIs [B, N, 4] (normalised).
+
+    Returns mrcnn_class_logits [B, N, C], mrcnn_class [B, N, C] (softmax),
+    mrcnn_bbox [B, N, C, 4] (deltas / BBOX_STD_DEV). ``num_rois`` is N.
+    """
+    x = PyramidROIAlign([pool_size, pool_size], name="roi_align_classifier")(
+        [rois, image_meta, *feature_maps])
+    x = MergeROIs(name="mrcnn_class_merge")(x)
+    x = KL.Conv2D(fc_layers_size, pool_size, padding="valid", name="mrcnn_class_conv1")(x)
+    x = KL.Activation("relu")(BatchNorm(train_bn, name="mrcnn_class_bn1")(x))
+    x = KL.Conv2D(fc_layers_size, 1, name="mrcnn_class_conv2")(x)
+    x = KL.Activation("relu")(BatchNorm(train_bn, name="mrcnn_class_bn2")(x))
+    shared = KL.Reshape((fc_layers_size,), name="pool_squeeze")(x)
+    logits = KL.Dense(num_classes, name="mrcnn_class_logits")(shared)
+    probs = KL.Activation("softmax", name="mrcnn_class_softmax")(logits)
+    bbox = KL.Dense(num_classes * 4, name="mrcnn_bbox_fc")(shared)
+    bbox = KL.Reshape((num_classes, 4), name="mrcnn_bbox_reshape")(bbox)
+    return (SplitROIs(num_rois, name="mrcnn_class_logits_split")(logits),
+            SplitROIs(num_rois, name="mrcnn_class")(probs),
+            SplitROIs(num_rois, name="mrcnn_bbox")(bbox))
+
+
+def build_fpn_mask_graph(rois, feature_maps: list, image_meta, pool_size: int,
+                         num_classes: int, num_rois: int, train_bn: bool):
+    """Mask head on ROIs [B, N, 4] -> masks [B, N, 2*pool, 2*pool, C] (sigmoid)."""
+    x = PyramidROIAlign([pool_size, pool_size], name="roi_align_mask")(
+        [rois, image_meta, *feature_maps])
+    x = MergeROIs(name="mrcnn_mask_merge")(x)
+    for i in range(1, 5):
+        x = KL.Conv2D(256, 3, padding="same", name=f"mrcnn_mask_conv{i}")(x)
+        x = KL.Activation("relu")(BatchNorm(train_bn, name=f"mrcnn_mask_bn{i}")(x))
+    x = KL.Conv2DTranspose(256, 2, strides=2, activation="relu", name="mrcnn_mask_deconv")(x)
+    x = KL.Conv2D(num_classes, 1, activation="sigmoid", name="mrcnn_mask")(x)
+    return SplitROIs(num_rois, name="mrcnn_mask_split")(x)
