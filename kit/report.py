@@ -1,0 +1,367 @@
+"""``report``: a run's pictures and the study's results table, gathered in runs/<run>/report.md.
+
+Pictures (matplotlib, Agg backend, PNG written atomically):
+
+* curves.png: training curves from history.csv (total loss and each part, train vs val);
+* results.png: the results table of every run under the same runs/ folder, as bars + table;
+* detections.png: validation images, ground truth (green) vs post-processed predictions (red);
+* tuning.png: drawn by ``tune``; the report only embeds it.
+
+The results table follows the study: per run its backbone, trained layers, augmentation, then
+at IoU 0.25 / 0.5 / 0.75 precision ``P`` (the study calls it "mAP"), recall ``R`` (its "mAR") and
+F1 of the post-processed validation detections, and the competition's mAP@[0.40:0.75].
+Boxes are ``[x, y, w, h]`` (top-left, pixels of the original 1024-px image) unless said otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from kit import paths  # noqa: E402
+from kit.config import RunConfig  # noqa: E402
+from kit.errors import KitError  # noqa: E402
+from kit.io import save_figure, write_text  # noqa: E402
+from kit.runs import resolve_run  # noqa: E402
+
+IOUS = (0.25, 0.5, 0.75)
+RESULT_FILES = ("raw_val.csv", "postprocess.json", "val_ids.csv")
+N_POSITIVES = 6      # detections.png: positive images first (up to this many) ...
+N_SHOWN = 12         # ... then negatives with the most confident false positives, this many in all
+GT_COLOR, PRED_COLOR = "lime", "red"
+
+Preds = dict[str, tuple[np.ndarray, np.ndarray]]   # patientId -> (scores (n,), boxes (n,4) xywh)
+
+
+# ---- pictures ------------------------------------------------------------------------------
+def plot_history(history: pd.DataFrame, out: Path) -> None:
+    """Training curves PNG: one panel per loss (``loss`` first), train vs ``val_`` per epoch.
+
+    ``history`` is Keras' CSV log: an ``epoch`` column (0-based) and loss columns with their
+    ``val_`` twins. Raises KitError when it holds no epoch or no loss column.
+    """
+    names = [c for c in history.columns if c != "epoch" and not c.startswith("val_")]
+    names = sorted(names, key=lambda c: (c != "loss", c))
+    if history.empty or not names:
+        raise KitError("training history has no epochs or no loss columns; train the run first")
+    epochs = (history["epoch"] + 1 if "epoch" in history else pd.Series(range(1, len(history) + 1)))
+    ncols = min(3, len(names))
+    nrows = -(-len(names) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        ax.plot(epochs, history[name], "o-", label="train", color="tab:blue")
+        if f"val_{name}" in history:
+            ax.plot(epochs, history[f"val_{name}"], "s--", label="val", color="tab:orange")
+        ax.set_title("total loss" if name == "loss" else name)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in axes.flat[len(names):]:
+        ax.axis("off")
+    fig.tight_layout()
+    save_figure(out, fig)
+
+
+def plot_detections(images: Sequence[np.ndarray], gt: Sequence[np.ndarray],
+                    preds: Sequence[tuple[np.ndarray, np.ndarray]], titles: Sequence[str],
+                    out: Path, ncols: int = 4) -> None:
+    """Grid of images with ground truth (green) and predictions (red, with confidence).
+
+    ``images``: uint8 (S, S) each; ``gt``: (k, 4) and ``preds``: (scores (n,), boxes (n, 4)),
+    boxes ``[x, y, w, h]`` in the 1024-px frame, drawn scaled by S / 1024.
+    """
+    if not (len(images) == len(gt) == len(preds) == len(titles)) or not images:
+        raise ValueError("plot_detections needs equally many (>0) images, gt, preds and titles")
+    ncols = min(ncols, len(images))
+    nrows = -(-len(images) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3.8 * nrows), squeeze=False)
+    for ax, image, boxes, (scores, pboxes), title in zip(axes.flat, images, gt, preds, titles):
+        side = image.shape[0]
+        scale = side / paths.IMAGE_SIZE
+        ax.imshow(image, cmap="gray", vmin=0, vmax=255)
+        for x, y, w, h in np.asarray(boxes, dtype=np.float64).reshape(-1, 4) * scale:
+            ax.add_patch(Rectangle((x, y), w, h, fill=False, edgecolor=GT_COLOR, linewidth=2))
+        for s, (x, y, w, h) in zip(np.asarray(scores).reshape(-1),
+                                   np.asarray(pboxes, dtype=np.float64).reshape(-1, 4) * scale):
+            ax.add_patch(Rectangle((x, y), w, h, fill=False, edgecolor=PRED_COLOR, linewidth=1.5))
+            ax.text(x, y, f"{s:.2f}", color="white", fontsize=8, va="bottom",
+                    bbox=dict(facecolor=PRED_COLOR, edgecolor="none", pad=1, alpha=0.8))
+        ax.set_title(title, fontsize=9)
+        ax.set_xlim(0, side)
+        ax.set_ylim(side, 0)
+        ax.axis("off")
+    for ax in axes.flat[len(images):]:
+        ax.axis("off")
+    fig.suptitle("ground truth: green; prediction: red (confidence)", fontsize=11)
+    fig.tight_layout()
+    save_figure(out, fig)
+
+
+def plot_results(table: pd.DataFrame, out: Path) -> None:
+    """results.png: grouped bars (one bar per run for each metric) above the table itself."""
+    if table.empty:
+        raise ValueError("no runs to draw")
+    metrics = [c for c in table.columns if "@" in c] + ["mAP"]
+    fig, (bars, tab) = plt.subplots(2, 1, figsize=(max(9, 0.9 * len(metrics) + 2),
+                                                    4 + 0.35 * len(table)),
+                                    gridspec_kw={"height_ratios": [3, 0.6 + 0.3 * len(table)]})
+    width = 0.8 / len(table)
+    xs = np.arange(len(metrics))
+    for i, (_, row) in enumerate(table.iterrows()):
+        bars.bar(xs + (i - (len(table) - 1) / 2) * width, row[metrics].astype(float), width,
+                 label=row["run"])
+    bars.set_xticks(xs, metrics)
+    bars.set_ylim(0, 1.05)
+    bars.set_ylabel("validation")
+    bars.grid(axis="y", alpha=0.3)
+    bars.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    bars.set_title("P = the study's mAP, R = its mAR; mAP = competition mAP@[0.40:0.75]")
+    tab.axis("off")
+    shown = table[["run", "backbone", "layers", "augmentation"] + metrics]
+    cells = [[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row]
+             for row in shown.itertuples(index=False)]
+    chars = [max(len(str(c)), *(len(r[i]) for r in cells)) for i, c in enumerate(shown.columns)]
+    drawn = tab.table(cellText=cells, colLabels=list(shown.columns), loc="center",
+                      cellLoc="center", colWidths=[n / sum(chars) for n in chars])
+    drawn.auto_set_font_size(False)
+    drawn.set_fontsize(7)
+    fig.tight_layout()
+    save_figure(out, fig)
+
+
+# ---- results of a run ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class ValResults:
+    """A run's validation set: ground truth and post-processed predictions for each val id."""
+
+    config: RunConfig
+    ids: list[str]                 # val_ids.csv order
+    gt: dict[str, np.ndarray]      # patientId -> (k, 4) xywh, 1024 frame
+    preds: Preds                   # patientId -> (scores, boxes); every val id present
+
+
+def load_val_results(run: Path, labels_memo: dict | None = None) -> ValResults:
+    """Ground truth (from <data_dir>/stage_2_train_labels.csv) and post-processed predictions.
+
+    Needs config.json, val_ids.csv, raw_val.csv and postprocess.json in ``run``. Val images
+    without any detection get empty predictions. ``labels_memo`` shares parsed labels by path.
+    """
+    from kit.labels import boxes_by_patient, read_labels
+    from kit.postprocess import PostProcess, read_ids, read_raw
+
+    run = Path(run)
+    cfg = RunConfig.load(run / "config.json")
+    labels_path = Path(cfg.data_dir or paths.default_data_dir()) / paths.TRAIN_LABELS
+    memo = {} if labels_memo is None else labels_memo
+    key = str(labels_path.resolve())
+    if key not in memo:
+        memo[key] = boxes_by_patient(read_labels(labels_path))
+    boxes = memo[key]
+    ids = read_ids(run / "val_ids.csv")
+    for i, pid in enumerate(ids):
+        if pid not in boxes:
+            raise KitError(f"patientId {pid!r} is not in {labels_path}: the run's data_dir "
+                           "changed?", path=run / "val_ids.csv", row=i + 2, field="patientId")
+    post = PostProcess.from_json(run / "postprocess.json")
+    raw = read_raw(run / "raw_val.csv")
+    stray = ~raw["patientId"].isin(set(ids)).to_numpy()
+    if stray.any():
+        raise KitError("this patientId is not a validation image (val_ids.csv); rerun "
+                       "`python -m kit predict --split val`", path=run / "raw_val.csv",
+                       row=int(np.flatnonzero(stray)[0]) + 2, field="patientId")
+    kept = post.apply(raw)
+    empty = (np.zeros(0), np.zeros((0, 4)))
+    preds = {pid: tuple(np.asarray(a, np.float64) for a in kept.get(pid, empty)) for pid in ids}
+    return ValResults(cfg, ids, {pid: boxes[pid] for pid in ids}, preds)
+
+
+def trained_layers(cfg: RunConfig) -> str:
+    """The schedule's layers, e.g. ``heads > 4+ > all`` (repeats of one stage shown once)."""
+    names: list[str] = []
+    for stage in cfg.stages:
+        if not names or names[-1] != stage.layers:
+            names.append(stage.layers)
+    return " > ".join(names)
+
+
+def results_table(runs: Sequence[Path]) -> pd.DataFrame:
+    """One row per run that has raw_val.csv + postprocess.json + val_ids.csv (others skipped).
+
+    Columns: run, backbone, layers, augmentation (yes/no), images, then P@t, R@t, F1@t for
+    t in 0.25 / 0.5 / 0.75 (post-processed val detections, :func:`kit.metric.prf_table`) and
+    mAP (:func:`kit.metric.score_dataset`).
+    """
+    from kit.metric import prf_table, score_dataset
+
+    rows, memo = [], {}
+    for run in runs:
+        run = Path(run)
+        if not all((run / name).is_file() for name in RESULT_FILES):
+            continue
+        res = load_val_results(run, memo)
+        row = {"run": run.name, "backbone": res.config.backbone,
+               "layers": trained_layers(res.config),
+               "augmentation": "yes" if res.config.augmented else "no", "images": len(res.ids)}
+        for t, counts in prf_table(res.gt, res.preds, IOUS).items():
+            row.update({f"P@{t:g}": counts["precision"], f"R@{t:g}": counts["recall"],
+                        f"F1@{t:g}": counts["f1"]})
+        row["mAP"] = score_dataset(res.gt, res.preds).map
+        rows.append(row)
+    columns = ["run", "backbone", "layers", "augmentation", "images"]
+    columns += [f"{m}@{t:g}" for t in IOUS for m in ("P", "R", "F1")] + ["mAP"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def pick_examples(res: ValResults, n: int = N_SHOWN, n_pos: int = N_POSITIVES) -> list[str]:
+    """Val ids to draw: positives first (val order), then negatives by their top false positive.
+
+    Negatives without any prediction come last; fewer negatives leave room for more positives.
+    """
+    pos = [pid for pid in res.ids if len(res.gt[pid])]
+    neg = [pid for pid in res.ids if not len(res.gt[pid])]
+    top = {pid: float(res.preds[pid][0].max()) if len(res.preds[pid][0]) else -1.0 for pid in neg}
+    neg = sorted(neg, key=lambda pid: -top[pid])     # stable: equal scores keep val order
+    n_neg = min(len(neg), n - min(n_pos, len(pos)))
+    return pos[:n - n_neg] + neg[:n_neg]
+
+
+def val_images(cfg: RunConfig, ids: Sequence[str]) -> list[np.ndarray]:
+    """uint8 (S, S) images of ``ids`` at the run's size: from the prepared cache when it holds
+    them, else decoded from <data_dir>/stage_2_train_images/ (a report never prepares a cache)."""
+    from kit import dicom
+    from kit.cache import Cache, default_cache_dir
+
+    data_dir = Path(cfg.data_dir or paths.default_data_dir())
+    cache_dir = default_cache_dir(data_dir, cfg.image_size)
+    cache = Cache(cache_dir) if (cache_dir / "cache.json").is_file() else None
+    cached = set(cache.meta["patientId"]) if cache else set()
+    return [cache.load(pid) if pid in cached else
+            dicom.read_image(data_dir / paths.TRAIN_IMAGES / f"{pid}.dcm", cfg.image_size)[0]
+            for pid in ids]
+
+
+def draw_val_examples(res: ValResults, out: Path) -> None:
+    """detections.png: the :func:`pick_examples` images, GT vs post-processed predictions."""
+    from kit.metric import image_score
+
+    chosen = pick_examples(res)
+    titles = []
+    for pid in chosen:
+        score = image_score(res.gt[pid], *res.preds[pid])
+        titles.append(f"{pid[:13]}  GT {len(res.gt[pid])}  "
+                      f"score {'excl.' if score is None else f'{score:.2f}'}")
+    plot_detections(val_images(res.config, chosen), [res.gt[pid] for pid in chosen],
+                    [res.preds[pid] for pid in chosen], titles, out)
+
+
+# ---- report.md -----------------------------------------------------------------------------
+def markdown_table(table: pd.DataFrame) -> str:
+    """A DataFrame as a GitHub markdown table (floats with 3 decimals)."""
+    head = "| " + " | ".join(map(str, table.columns)) + " |"
+    rule = "|" + "|".join("---:" if table[c].dtype.kind in "fi" else "---" for c in table) + "|"
+    body = ["| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row) + " |"
+            for row in table.itertuples(index=False)]
+    return "\n".join([head, rule, *body])
+
+
+def config_summary(cfg: RunConfig) -> str:
+    """Markdown bullet list of what matters in a run's config."""
+    stages = ", ".join(f"{s.layers} x{s.epochs} (lr x{s.lr_factor:g}"
+                       f"{', augmented' if s.augment else ''})" for s in cfg.stages)
+    lines = [f"- name: {cfg.name}", f"- backbone: {cfg.backbone}, init: {cfg.init}",
+             f"- image size: {cfg.image_size} px, anchors {list(cfg.rpn_anchor_scales)}",
+             f"- schedule: {stages}; {cfg.total_epochs} epochs, base lr {cfg.learning_rate:g}",
+             f"- test-time augmentation: {cfg.tta}", f"- data: {cfg.data_dir or '(not set)'}"]
+    if cfg.notes:
+        lines.append(f"- notes: {cfg.notes}")
+    return "\n".join(lines)
+
+
+def _make_picture(out: Path, draw, missing: str | None) -> str | None:
+    """Draw ``out`` unless ``missing`` already says why it cannot be made; returns the reason."""
+    if missing:
+        return missing
+    draw(out)
+    return None
+
+
+def write_report(run: Path) -> Path:
+    """Write runs/<run>/report.md (atomic) with its pictures; returns the path of report.md.
+
+    A picture whose inputs are missing is listed in report.md with the reason, not skipped.
+    """
+    return _write_report(Path(run))[0]
+
+
+def _write_report(run: Path) -> tuple[Path, pd.DataFrame]:
+    """:func:`write_report`, also returning the results table it drew."""
+    cfg = RunConfig.load(run / "config.json")
+    runs = sorted(p for p in run.parent.iterdir() if p.is_dir())
+    table = results_table(runs)
+    missing_files = [name for name in RESULT_FILES if not (run / name).is_file()]
+    history = run / "history.csv"
+    reasons = {
+        "curves.png": _make_picture(
+            run / "curves.png", lambda out: plot_history(pd.read_csv(history), out),
+            None if history.is_file() else "history.csv is missing: train the run "
+                                           "(`python -m kit train`)"),
+        "results.png": _make_picture(
+            run / "results.png", lambda out: plot_results(table, out),
+            None if len(table) else f"no run under {run.parent}/ has "
+                                    f"{' + '.join(RESULT_FILES)} yet"),
+        "tuning.png": None if (run / "tuning.png").is_file()
+        else "tuning.png is missing: run `python -m kit tune`",
+        "detections.png": _make_picture(
+            run / "detections.png", lambda out: draw_val_examples(load_val_results(run), out),
+            None if not missing_files else f"{', '.join(missing_files)} missing: run "
+                                           "`python -m kit predict` and `python -m kit tune`"),
+    }
+    captions = {"curves.png": "Training curves", "results.png": "Results of all runs",
+                "tuning.png": "Post-processing sweep (tune)",
+                "detections.png": "Validation images: ground truth (green) vs prediction (red)"}
+    parts = [f"# Report: {run.name}", "", "## Configuration", "", config_summary(cfg), "",
+             "## Results (validation, post-processed)", ""]
+    if len(table):
+        parts += [markdown_table(table), "",
+                  "P and R are what the study calls mAP and mAR (precision and recall of the "
+                  "boxes at that IoU); mAP is the competition's mAP@[0.40:0.75]."]
+    else:
+        parts.append(f"No run has validation results yet ({reasons['results.png']}).")
+    parts += ["", "## Pictures", ""]
+    for name, caption in captions.items():
+        if reasons[name] is None:
+            parts += [f"### {caption}", "", f"![{caption}]({name})", ""]
+    absent = [f"- {name}: {reason}" for name, reason in reasons.items() if reason]
+    if absent:
+        parts += ["### Pictures that could not be made", "", *absent, ""]
+    out = run / "report.md"
+    write_text(out, "\n".join(parts))
+    return out, table
+
+
+def add_report_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", default="latest", help="run folder, name or 'latest'")
+    parser.add_argument("--runs-dir", type=Path, default=paths.RUNS_DIR,
+                        help="folder of run folders (its runs make the results table)")
+
+
+def run_report(args: argparse.Namespace) -> int:
+    run = resolve_run(args.run, args.runs_dir)
+    out, table = _write_report(run)
+    print(out)
+    if len(table):
+        print(table.drop(columns=["backbone", "layers"]).to_string(index=False, float_format="%.3f"))
+    else:
+        print("no run has validation results yet (raw_val.csv + postprocess.json + val_ids.csv)")
+    return 0

@@ -1,0 +1,237 @@
+"""kit.report: pictures, the results table (checked against kit.metric and by hand), report.md."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kit import paths
+from kit.cli import main
+from kit.config import RunConfig, Stage
+from kit.errors import KitError
+from kit.labels import boxes_by_patient, read_labels
+from kit.metric import prf_table, score_dataset
+from kit.postprocess import PostProcess
+from kit.report import (ValResults, load_val_results, pick_examples, plot_detections,
+                        plot_history, results_table, trained_layers, val_images, write_report)
+from kit.runs import RAW_COLUMNS
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+LOSSES = ["loss", "rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss", "mrcnn_bbox_loss",
+          "mrcnn_mask_loss"]
+
+
+def is_png(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > 1000 and path.read_bytes()[:8] == PNG_MAGIC
+
+
+def history(epochs: int = 3) -> pd.DataFrame:
+    d = {"epoch": list(range(epochs))}
+    for i, name in enumerate(LOSSES):
+        d[name] = [2.0 / (e + 1) + 0.1 * i for e in range(epochs)]
+        d[f"val_{name}"] = [2.2 / (e + 1) + 0.1 * i for e in range(epochs)]
+    return pd.DataFrame(d)
+
+
+def shifted(box: np.ndarray) -> np.ndarray:
+    """The box moved by w/5 towards the image centre: IoU with the original = 0.8/1.2 = 2/3."""
+    x, y, w, h = box
+    return np.array([x + w / 5 if x + w / 2 < 512 else x - w / 5, y, w, h])
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    """A 16-image synthetic data set (64 px DICOMs) in Kaggle's layout; 4 positive images."""
+    from kit.synth import make_dataset
+
+    data = tmp_path_factory.mktemp("report") / "demo"
+    make_dataset(data, n_train=16, n_test=1, size=64, seed=3)
+    return data
+
+
+@pytest.fixture
+def study(demo, in_tmp) -> dict:
+    """runs/ with r50 (a mixed result, history, tuning.png), r101 (perfect), r101b (no results).
+
+    r50's detections, with its GT boxes per image: P1 all exact; P2 (one GT box) shifted to IoU
+    2/3; P3 nothing; P4 all exact; N1 a false positive 0.8; N2 one 0.3; N3 one 0.1 that the
+    post-processing (score >= 0.2) drops. Other negatives: nothing.
+    """
+    gt = boxes_by_patient(read_labels(demo / paths.TRAIN_LABELS))
+    pos = sorted((pid for pid in gt if len(gt[pid])), key=lambda pid: (len(gt[pid]) != 1, pid))
+    neg = [pid for pid in gt if not len(gt[pid])]
+    assert len(pos) == 4 and len(gt[pos[0]]) == 1
+    p2, p1, p3, p4 = pos
+    val = [p1, p2, p3, p4] + neg[:6]
+    n1, n2, n3 = neg[:3]
+    post = PostProcess(score_threshold=0.2, image_threshold=0.0, box_scale=1.0, max_boxes=4)
+
+    def rows(pid, boxes, score):
+        return [[pid, score, *b] for b in np.asarray(boxes).reshape(-1, 4)]
+
+    r50 = (rows(p1, gt[p1], 0.9) + rows(p2, shifted(gt[p2][0]), 0.7) + rows(p4, gt[p4], 0.95)
+           + rows(n1, [100, 100, 200, 200], 0.8) + rows(n2, [500, 300, 150, 250], 0.3)
+           + rows(n3, [300, 300, 100, 100], 0.1))
+    r101 = sum((rows(pid, gt[pid], 0.9) for pid in (p1, p2, p3, p4)), [])
+    configs = {
+        "r50": RunConfig(name="r50", backbone="resnet50", image_size=64,
+                         stages=(Stage("heads", 2),), data_dir=str(demo)),
+        "r101": RunConfig(name="r101", backbone="resnet101", image_size=64,
+                          stages=(Stage("heads", 1), Stage("4+", 1, 1.0, True),
+                                  Stage("all", 1, 0.1, True)), data_dir=str(demo)),
+        "r101b": RunConfig(name="r101b", backbone="resnet101", image_size=64, data_dir=str(demo)),
+    }
+    for name, cfg in configs.items():
+        run = Path("runs") / name
+        run.mkdir(parents=True)
+        cfg.save(run / "config.json")
+    for name, raw in (("r50", r50), ("r101", r101)):
+        run = Path("runs") / name
+        pd.DataFrame(raw, columns=RAW_COLUMNS).to_csv(run / "raw_val.csv", index=False)
+        pd.DataFrame({"patientId": val}).to_csv(run / "val_ids.csv", index=False)
+        post.to_json(run / "postprocess.json")
+    history().to_csv("runs/r50/history.csv", index=False)
+    import matplotlib.pyplot as plt
+
+    from kit.io import save_figure
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0.1, 0.2])
+    save_figure(Path("runs/r50/tuning.png"), fig)
+    return {"gt": gt, "val": val, "pos": (p1, p2, p3, p4), "neg": (n1, n2, n3), "post": post}
+
+
+def test_plot_history_writes_png_and_refuses_empty(tmp_path):
+    plot_history(history(), tmp_path / "curves.png")
+    assert is_png(tmp_path / "curves.png")
+    with pytest.raises(KitError, match="no epochs"):
+        plot_history(history(0), tmp_path / "empty.png")
+    assert not (tmp_path / "empty.png").exists()
+
+
+def test_plot_detections_writes_png_and_checks_lengths(tmp_path):
+    images = [np.full((64, 64), 60 * i, np.uint8) for i in range(3)]
+    gt = [np.array([[100.0, 200.0, 300.0, 400.0]]), np.zeros((0, 4)), np.zeros((0, 4))]
+    preds = [(np.array([0.9]), np.array([[120.0, 210.0, 280.0, 380.0]])),
+             (np.array([0.4]), np.array([[500.0, 500.0, 100.0, 100.0]])),
+             (np.zeros(0), np.zeros((0, 4)))]
+    plot_detections(images, gt, preds, ["a", "b", "c"], tmp_path / "det.png", ncols=2)
+    assert is_png(tmp_path / "det.png")
+    with pytest.raises(ValueError):
+        plot_detections(images, gt[:2], preds, ["a", "b", "c"], tmp_path / "bad.png")
+
+
+def test_trained_layers_joins_stages_and_collapses_repeats():
+    cfg = RunConfig(name="x", stages=(Stage("heads", 1), Stage("4+", 1), Stage("all", 1),
+                                      Stage("all", 1, 0.1, True)))
+    assert trained_layers(cfg) == "heads > 4+ > all"
+    assert trained_layers(RunConfig(name="y", stages=(Stage("heads", 3),))) == "heads"
+
+
+def test_results_table_rows_columns_and_numbers(study):
+    table = results_table(sorted(Path("runs").iterdir()))
+    assert table["run"].tolist() == ["r101", "r50"]          # r101b has no results: no row
+    assert list(table.columns) == [
+        "run", "backbone", "layers", "augmentation", "images",
+        "P@0.25", "R@0.25", "F1@0.25", "P@0.5", "R@0.5", "F1@0.5",
+        "P@0.75", "R@0.75", "F1@0.75", "mAP"]
+    r101, r50 = (table.iloc[i] for i in range(2))
+    assert (r101.backbone, r101.layers, r101.augmentation) == ("resnet101", "heads > 4+ > all", "yes")
+    assert (r50.backbone, r50.layers, r50.augmentation) == ("resnet50", "heads", "no")
+    assert r50.images == r101.images == len(study["val"])
+    # r101 is perfect: every metric 1
+    assert np.allclose(r101.iloc[5:].astype(float), 1.0)
+    # r50 by hand: TP at 0.25/0.5 = P1 + P2 + P4 boxes, at 0.75 P2's box misses (IoU 2/3)
+    gt, (p1, p2, p3, p4) = study["gt"], study["pos"]
+    n_gt = sum(len(gt[pid]) for pid in study["val"])
+    exact = len(gt[p1]) + len(gt[p4])
+    n_pred = exact + 1 + 2                                     # + P2's box + 2 false positives
+    for t, tp in ((0.25, exact + 1), (0.5, exact + 1), (0.75, exact)):
+        p, r = tp / n_pred, tp / n_gt
+        assert r50[f"P@{t:g}"] == pytest.approx(p)
+        assert r50[f"R@{t:g}"] == pytest.approx(r)
+        assert r50[f"F1@{t:g}"] == pytest.approx(2 * p * r / (p + r))
+    # images scored: P1 1, P2 6/8 (hits up to t=0.65), P3 0, P4 1, N1 0, N2 0; rest excluded
+    assert r50.mAP == pytest.approx((1 + 0.75 + 0 + 1 + 0 + 0) / 6)
+
+
+def test_results_table_equals_metric_on_postprocessed_raw(study):
+    raw = pd.read_csv("runs/r50/raw_val.csv", dtype={"patientId": str})
+    preds = study["post"].apply(raw)
+    gt = {pid: study["gt"][pid] for pid in study["val"]}
+    direct = prf_table(gt, preds)
+    row = results_table([Path("runs/r50")]).iloc[0]
+    for t, counts in direct.items():
+        assert row[f"P@{t:g}"] == counts["precision"]
+        assert row[f"R@{t:g}"] == counts["recall"]
+        assert row[f"F1@{t:g}"] == counts["f1"]
+    assert row["mAP"] == score_dataset(gt, preds).map
+
+
+def test_pick_examples_positives_first_then_confident_negatives():
+    e = (np.zeros(0), np.zeros((0, 4)))
+    box = np.array([[0.0, 0.0, 10.0, 10.0]])
+    ids = ["p1", "n1", "n2", "p2", "n3", "n4"]
+    gt = {pid: (box if pid.startswith("p") else np.zeros((0, 4))) for pid in ids}
+    preds = {"p1": e, "p2": e, "n1": (np.array([0.2]), box), "n2": e,
+             "n3": (np.array([0.1, 0.9]), np.vstack([box, box])), "n4": (np.array([0.5]), box)}
+    res = ValResults(RunConfig(name="x"), ids, gt, preds)
+    assert pick_examples(res, n=5, n_pos=1) == ["p1", "n3", "n4", "n1", "n2"]
+    assert pick_examples(res, n=4, n_pos=2) == ["p1", "p2", "n3", "n4"]
+    assert pick_examples(res, n=10, n_pos=1) == ["p1", "p2", "n3", "n4", "n1", "n2"]
+
+
+def test_val_images_same_from_cache_and_from_dicom(study, demo):
+    from kit.cache import prepare
+
+    res = load_val_results(Path("runs/r50"))
+    ids = res.ids[:3]
+    decoded = val_images(res.config, ids)
+    prepare(demo, 64, splits=("train",), workers=1)
+    cached = val_images(res.config, ids)
+    assert all(a.shape == (64, 64) and a.dtype == np.uint8 for a in decoded)
+    assert all(np.array_equal(a, b) for a, b in zip(decoded, cached))
+
+
+def test_write_report_pictures_and_markdown(study):
+    out = write_report(Path("runs/r50"))
+    assert out == Path("runs/r50/report.md")
+    text = out.read_text()
+    for name in ("curves.png", "results.png", "detections.png", "tuning.png"):
+        assert is_png(Path("runs/r50") / name), name
+        assert f"]({name})" in text, name
+    assert "| r101 | resnet101 | heads > 4+ > all | yes |" in text
+    assert "| r50 | resnet50 | heads | no |" in text
+    assert "could not be made" not in text
+
+
+def test_write_report_lists_missing_pictures(study):
+    text = write_report(Path("runs/r101")).read_text()
+    assert "- curves.png: history.csv is missing" in text
+    assert "- tuning.png: tuning.png is missing" in text
+    assert "](curves.png)" not in text and not Path("runs/r101/curves.png").exists()
+    assert is_png(Path("runs/r101/detections.png")) and "](detections.png)" in text
+    bare = write_report(Path("runs/r101b")).read_text()
+    assert "- detections.png: raw_val.csv, postprocess.json, val_ids.csv missing" in bare
+    assert "](results.png)" in bare                  # the other runs' results are still shown
+
+
+def test_report_command_prints_path_and_table(study, capsys):
+    assert main(["report", "--run", "r50", "--runs-dir", "runs"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == str(Path("runs/r50/report.md"))
+    assert any(line.split()[:1] == ["r101"] for line in printed)
+    assert any(line.split()[:1] == ["r50"] for line in printed)
+
+
+def test_report_command_bad_raw_row_is_one_line_error(study, capsys):
+    raw = pd.read_csv("runs/r50/raw_val.csv", dtype={"patientId": str})
+    raw.loc[1, "patientId"] = "not-a-val-image"
+    raw.to_csv("runs/r50/raw_val.csv", index=False)
+    assert main(["report", "--run", "r50", "--runs-dir", "runs"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err
+    assert "raw_val.csv, row 3, field 'patientId'" in err
+    assert not Path("runs/r50/report.md").exists()
