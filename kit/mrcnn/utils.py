@@ -340,8 +340,9 @@ def mold_image(images: np.ndarray, config: Any) -> np.ndarray:
 
 
 def unmold_image(normalized_images: np.ndarray, config: Any) -> np.ndarray:
-    """Inverse of mold_image, as uint8."""
-    return (normalized_images + np.asarray(config.MEAN_PIXEL)).astype(np.uint8)
+    """Inverse of mold_image, rounded and clipped to uint8."""
+    pixels = np.round(normalized_images + np.asarray(config.MEAN_PIXEL))
+    return np.clip(pixels, 0, 255).astype(np.uint8)
 
 
 def compose_image_meta(image_id: int, original_image_shape: tuple, image_shape: tuple,
