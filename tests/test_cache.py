@@ -1,4 +1,6 @@
 import shutil
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -134,7 +136,10 @@ def test_corrupt_train_image_is_skipped_with_a_warning(demo, tmp_path, capsys):
     assert len(c.info["splits"]["train"]["skipped"]) == 2
 
 
-def test_worker_processes_give_the_same_images(demo, tmp_path):
+@pytest.mark.parametrize("tensorflow_loaded", [False, True])   # fork, else spawn
+def test_worker_processes_give_the_same_images(demo, tmp_path, monkeypatch, tensorflow_loaded):
+    if tensorflow_loaded:
+        monkeypatch.setitem(sys.modules, "tensorflow", types.ModuleType("tensorflow"))
     one = cache.prepare(demo, 32, out=tmp_path / "one", workers=1, splits=("test",))
     two = cache.prepare(demo, 32, out=tmp_path / "two", workers=2, splits=("test",))
     assert one.meta.equals(two.meta)
