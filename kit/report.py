@@ -288,12 +288,27 @@ def config_summary(cfg: RunConfig) -> str:
     return "\n".join(lines)
 
 
+def read_history(path: Path) -> pd.DataFrame:
+    """Keras' CSV training log (KitError when unreadable)."""
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise KitError(f"not a readable CSV ({str(exc).splitlines()[0]})", path=path) from None
+
+
 def _make_picture(out: Path, draw, missing: str | None) -> str | None:
-    """Draw ``out`` unless ``missing`` already says why it cannot be made; returns the reason."""
-    if missing:
-        return missing
-    draw(out)
-    return None
+    """Draw ``out`` unless ``missing`` already says why it cannot be made; returns the reason.
+
+    An input that turns out unreadable while drawing (KitError, e.g. a DICOM that is not on this
+    machine) also becomes the reason.
+    """
+    if not missing:
+        try:
+            draw(out)
+            return None
+        except KitError as exc:
+            missing = str(exc)
+    return missing
 
 
 def write_report(run: Path) -> Path:
@@ -313,7 +328,7 @@ def _write_report(run: Path) -> tuple[Path, pd.DataFrame]:
     history = run / "history.csv"
     reasons = {
         "curves.png": _make_picture(
-            run / "curves.png", lambda out: plot_history(pd.read_csv(history), out),
+            run / "curves.png", lambda out: plot_history(read_history(history), out),
             None if history.is_file() else "history.csv is missing: train the run "
                                            "(`python -m kit train`)"),
         "results.png": _make_picture(

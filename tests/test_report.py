@@ -235,3 +235,16 @@ def test_report_command_bad_raw_row_is_one_line_error(study, capsys):
     assert "\n" not in err
     assert "raw_val.csv, row 3, field 'patientId'" in err
     assert not Path("runs/r50/report.md").exists()
+
+
+def test_unreadable_inputs_become_listed_reasons(study, demo, tmp_path):
+    labels_only = tmp_path / "labels-only"
+    labels_only.mkdir()
+    (labels_only / paths.TRAIN_LABELS).write_bytes((demo / paths.TRAIN_LABELS).read_bytes())
+    cfg = RunConfig.load("runs/r101/config.json")
+    RunConfig.from_dict({**cfg.to_dict(), "data_dir": str(labels_only)}).save("runs/r101/config.json")
+    Path("runs/r101/history.csv").write_text("")
+    text = write_report(Path("runs/r101")).read_text()
+    assert "- detections.png: " in text and "DICOM file not found" in text
+    assert "- curves.png: " in text and "history.csv: not a readable CSV" in text
+    assert "| r101 | resnet101 |" in text               # the table does not need the images
