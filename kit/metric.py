@@ -101,18 +101,33 @@ class Batch:
 
 
 def make_batch(gts: Sequence[np.ndarray], preds: Sequence[tuple[np.ndarray, np.ndarray]]) -> Batch:
-    """Pad per-image ground truth and (scores, boxes) into a :class:`Batch` (predictions ranked)."""
+    """Pad per-image ground truth (k,4) and (scores (n,), boxes (n,4)) into a :class:`Batch`.
+
+    Ground truth keeps file order; predictions are ranked (:func:`rank_order`) per image.
+    """
     n = len(gts)
-    k = max([len(g) for g in gts] + [1])
-    p = max([len(s) for s, _ in preds] + [1])
+    gt_len = np.fromiter((len(g) for g in gts), np.int64, n)
+    pr_len = np.fromiter((len(s) for s, _ in preds), np.int64, n)
+    k, p = max(int(gt_len.max(initial=0)), 1), max(int(pr_len.max(initial=0)), 1)
     gt, gt_valid = np.zeros((n, k, 4)), np.zeros((n, k), bool)
+    img, slot = _slots(gt_len)
+    gt[img, slot] = np.concatenate([as_boxes(g) for g in gts] + [np.zeros((0, 4))])
+    gt_valid[img, slot] = True
+    scores = np.concatenate([np.asarray(s, np.float64).ravel() for s, _ in preds] + [np.zeros(0)])
+    flat = np.concatenate([as_boxes(b) for _, b in preds] + [np.zeros((0, 4))])
+    img, slot = _slots(pr_len)
+    # by image, then score descending, then later input first: rank_order within each image
+    order = np.lexsort((-np.arange(len(scores)), -scores, img))
     boxes, pred_valid = np.zeros((n, p, 4)), np.zeros((n, p), bool)
-    scores = np.full((n, p), -np.inf)
-    for i, (g, (s, b)) in enumerate(zip(gts, preds)):
-        gt[i, :len(g)], gt_valid[i, :len(g)] = g, True
-        order = rank_order(s)
-        boxes[i, :len(s)], scores[i, :len(s)], pred_valid[i, :len(s)] = b[order], s[order], True
-    return Batch(gt, gt_valid, boxes, scores, pred_valid)
+    ranked = np.full((n, p), -np.inf)
+    boxes[img, slot], ranked[img, slot], pred_valid[img, slot] = flat[order], scores[order], True
+    return Batch(gt, gt_valid, boxes, ranked, pred_valid)
+
+
+def _slots(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(image index, slot within the image) of every item of images holding ``lengths`` items."""
+    img = np.repeat(np.arange(len(lengths)), lengths)
+    return img, np.arange(len(img)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
 
 
 def match_predictions(batch: Batch, thresholds: np.ndarray = THRESHOLDS, *,
@@ -172,12 +187,11 @@ def _check_ids(gt: Boxes, preds: Preds) -> None:
 
 
 def _batches(gt: Boxes, preds: Preds, ids: list[str]):
+    """(ids, Batch) per block of BATCH_IMAGES images; ids without predictions get none."""
     empty = (np.zeros(0), np.zeros((0, 4)))
     for start in range(0, len(ids), BATCH_IMAGES):
         chunk = ids[start:start + BATCH_IMAGES]
-        pr = [preds.get(pid, empty) for pid in chunk]
-        yield chunk, make_batch([as_boxes(gt[pid]) for pid in chunk],
-                                [(np.asarray(s, np.float64).reshape(-1), as_boxes(b)) for s, b in pr])
+        yield chunk, make_batch([gt[pid] for pid in chunk], [preds.get(pid, empty) for pid in chunk])
 
 
 def score_dataset(gt: Boxes, preds: Preds, strict: bool = False) -> Score:
