@@ -7,7 +7,8 @@ server sees absolute-form request lines. It listens on 127.0.0.1 only and answer
 
 ``KaggleMock.answers[method]`` is (status, JSON body) or a callable(request) -> (status, body);
 ``KaggleMock.calls`` records every API call as (method, JSON body, headers); ``files`` maps a
-path under /files/ to bytes served by GET; ``uploads`` collects PUT bodies.
+path under /files/ to bytes served by GET; ``uploads`` collects PUT bodies (answered
+``put_status``).
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ class KaggleMock:
     calls: list[Call] = field(default_factory=list)
     uploads: dict[str, bytes] = field(default_factory=dict)
     other: list[str] = field(default_factory=list)    # CONNECTs and unknown paths (refused)
+    put_status: int = 200                             # answer to uploads (PUT)
 
     def __post_init__(self) -> None:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -138,6 +140,50 @@ def _handler(mock: KaggleMock) -> type[BaseHTTPRequestHandler]:
 
         def do_PUT(self) -> None:
             mock.uploads[urlsplit(self.path).path] = self._body()
-            self._send(200, b"{}")
+            self._send(mock.put_status, b"{}")
 
     return Handler
+
+
+# ---- pytest helpers (imported by the tests/test_kaggle_*.py files) ------------------------------
+import signal  # noqa: E402
+
+import pytest  # noqa: E402
+
+TEST_SECONDS = 60   # every Kaggle test is cut off after this long
+
+
+@pytest.fixture
+def bounded():
+    """Fail the test (instead of hanging) after TEST_SECONDS."""
+    def _expired(signum, frame):
+        raise TimeoutError(f"test ran past {TEST_SECONDS} s")
+
+    old = signal.signal(signal.SIGALRM, _expired)
+    signal.alarm(TEST_SECONDS)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+@pytest.fixture
+def no_creds(tmp_path, monkeypatch):
+    """An environment with no Kaggle credentials anywhere (HOME is an empty temp folder)."""
+    home = tmp_path / "empty-home"
+    home.mkdir()
+    for var in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_CONFIG_DIR",
+                "XDG_CONFIG_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def mock_kaggle(tmp_path, monkeypatch, no_creds, bounded):
+    """The loopback mock, with the environment pointing the real client at it."""
+    mock = KaggleMock()
+    for var, value in mock.env(tmp_path / "home").items():
+        monkeypatch.setenv(var, value)
+    yield mock
+    mock.close()
+    assert not [o for o in mock.other if o.startswith("CONNECT")], "a tunnel was attempted"

@@ -10,8 +10,8 @@ from kit.kaggle import runtime
 
 def steps(k: runtime.KernelPaths) -> list:
     data = runtime.find_competition_data(k.input)
-    run = str(runtime.working_copy(runtime.find_run(k.input), k))
-    return [["predict", "--run", run, "--data", str(data), "--split", "all", "--tta", "flip"],
+    run = str(runtime.working_copy(runtime.find_run(k.input), k, data))
+    return [["predict", "--run", run, "--split", "all", "--tta", "flip"],
             ["tune", "--run", run],
             ["submit", "--run", run, "--data", str(data),
              "--out", str(k.working / "submission.csv")]]

@@ -115,6 +115,16 @@ def header_sha(script: str) -> str:
     return match.group(1)
 
 
+def holds_secret(script: str, secrets: list[str]) -> bool:
+    """Whether any secret appears in the script text or inside any file of its embedded zip."""
+    if not secrets:
+        return False
+    texts = [script]
+    with zipfile.ZipFile(io.BytesIO(decode_bundle(script))) as zf:
+        texts += [zf.read(name).decode("utf-8", "replace") for name in zf.namelist()]
+    return any(secret in text for secret in secrets for text in texts)
+
+
 def decode_bundle(script: str) -> bytes:
     """The zip bytes embedded in a built script."""
     match = re.search(r'^KIT_BUNDLE = """\n(.*?)"""$', script, re.MULTILINE | re.DOTALL)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from kit import paths
 from kit.errors import KitError
+from kit.kaggle.creds import require_credentials
 from kit.kaggle.unzip import check_free_disk, safe_unzip, verify_zip
 
 ZIP_BYTES_ESTIMATE = 4_000_000_000   # the stage-2 zip is about 3.9 GB; unpacked about the same
@@ -37,12 +38,17 @@ def fetch_zip(download_dir: Path) -> Path:
         verify_zip(final)
         print(f"using the already downloaded {final}")
         return final
+    require_credentials()            # before anything is created on disk
     part = final.with_name(final.name + ".part")
     part.mkdir(parents=True, exist_ok=True)
     if not any(part.iterdir()):
         check_free_disk(part, 2 * ZIP_BYTES_ESTIMATE, "downloading and unpacking the data")
     zip_path = api.download_competition(part)
-    verify_zip(zip_path)
+    try:
+        verify_zip(zip_path)
+    except KitError as exc:      # the client finished but the bytes are bad: start over next time
+        zip_path.unlink()
+        raise KitError(f"{exc} (the bad download was deleted)") from None
     zip_path.rename(final)
     shutil.rmtree(part)
     return final

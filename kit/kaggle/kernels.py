@@ -83,16 +83,19 @@ def resolve_owner(owner: str | None) -> str:
 
 
 def build_kernel(name: str, owner: str, *, datasets: list[str] = (),
-                 kernels_dir: Path = KERNELS_DIR, out_dir: Path = BUILD_DIR) -> Path:
-    """Render kernels/<name>/ into ``out_dir/<name>/``; returns the built script's path."""
+                 kernels_dir: Path = KERNELS_DIR, out_dir: Path = BUILD_DIR,
+                 kit_dir: Path = paths.ROOT / "kit") -> Path:
+    """Render kernels/<name>/ into ``out_dir/<name>/``; returns the built script's path.
+
+    Refuses (writing nothing) when the script would hold a credential value or pass 1 MB."""
     meta, folder = _template(name, kernels_dir)
     meta = render_metadata(meta, owner, list(datasets), folder / "kernel-metadata.json")
     entry_path = folder / meta["code_file"]
     if not entry_path.is_file():
         raise KitError("entry script not found", path=entry_path)
-    script = bundle.render_script(name, entry_path.read_text(encoding="utf-8"), bundle.kit_zip(),
-                                  bundle.source_version())
-    if any(secret in script for secret in secret_values()):
+    script = bundle.render_script(name, entry_path.read_text(encoding="utf-8"),
+                                  bundle.kit_zip(kit_dir), bundle.source_version())
+    if bundle.holds_secret(script, secret_values()):
         raise KitError("the built script contains a credential: refusing to write it",
                        path=out_dir / name)
     size = len(script.encode("utf-8"))

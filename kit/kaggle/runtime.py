@@ -7,6 +7,9 @@ flags, else environment variables, else Kaggle's own mounts:
 - ``--input``  / KIT_KAGGLE_INPUT   (default /kaggle/input: attached data, read-only)
 - ``--working``/ KIT_KAGGLE_WORKING (default /kaggle/working: what ``kernels output`` downloads)
 - ``--preset`` / KIT_PRESET         (default "kaggle")
+- ``--scratch`` / KIT_KAGGLE_SCRATCH (default /kaggle/temp on Kaggle, else $TMP/rsna-kit-scratch):
+  the working directory the steps run in, so relative outputs such as the prepared-image cache
+  (data/cache) stay out of /kaggle/working (whose files all become the kernel's output).
 - ``--dry-run``: find the inputs, print the versions and the commands, run nothing.
 """
 from __future__ import annotations
@@ -17,6 +20,7 @@ import os
 import platform
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +29,8 @@ from typing import Callable, Sequence
 from kit import paths
 from kit.errors import KitError
 
-INPUT_ENV, WORKING_ENV, PRESET_ENV, RUN_ENV = ("KIT_KAGGLE_INPUT", "KIT_KAGGLE_WORKING",
-                                               "KIT_PRESET", "KIT_RUN")
+INPUT_ENV, WORKING_ENV, SCRATCH_ENV = "KIT_KAGGLE_INPUT", "KIT_KAGGLE_WORKING", "KIT_KAGGLE_SCRATCH"
+PRESET_ENV, RUN_ENV = "KIT_PRESET", "KIT_RUN"
 DEFAULT_INPUT, DEFAULT_WORKING, DEFAULT_PRESET = Path("/kaggle/input"), Path("/kaggle/working"), "kaggle"
 SEARCH_DEPTH = 4   # folder levels below the input root searched for data and run folders
 
@@ -37,6 +41,7 @@ class KernelPaths:
 
     input: Path
     working: Path
+    scratch: Path
     preset: str
     dry_run: bool
 
@@ -48,10 +53,19 @@ def parse_args(argv: Sequence[str] | None = None) -> KernelPaths:
     parser.add_argument("--input", type=Path, default=Path(env.get(INPUT_ENV) or DEFAULT_INPUT))
     parser.add_argument("--working", type=Path,
                         default=Path(env.get(WORKING_ENV) or DEFAULT_WORKING))
+    parser.add_argument("--scratch", type=Path, default=Path(env.get(SCRATCH_ENV) or _scratch()))
     parser.add_argument("--preset", default=env.get(PRESET_ENV) or DEFAULT_PRESET)
     parser.add_argument("--dry-run", action="store_true")
     args, _ = parser.parse_known_args(argv)
-    return KernelPaths(args.input, args.working, args.preset, args.dry_run)
+    return KernelPaths(args.input.resolve(), args.working.resolve(), args.scratch.resolve(),
+                       args.preset, args.dry_run)
+
+
+def _scratch() -> Path:
+    kaggle_temp = Path("/kaggle/temp")
+    if kaggle_temp.parent.is_dir():
+        return kaggle_temp
+    return Path(tempfile.gettempdir()) / "rsna-kit-scratch"
 
 
 def _shallow_find(root: Path, predicate: Callable[[Path], bool], depth: int) -> list[Path]:
@@ -101,11 +115,20 @@ def find_run(root: Path) -> Path:
     return max(found, key=lambda p: p.name)
 
 
-def working_copy(run: Path, k: KernelPaths) -> Path:
-    """Copy a (read-only) input run folder under ``working/runs`` so later steps can write in it."""
+def working_copy(run: Path, k: KernelPaths, data_dir: Path) -> Path:
+    """Copy a (read-only) input run folder under ``working/runs`` so later steps can write in it,
+    pointing its config at ``data_dir`` (the data may be mounted elsewhere than where it trained)."""
+    import dataclasses
+
+    from kit.config import RunConfig
+
     dest = k.working / "runs" / run.name
-    if not k.dry_run and not dest.exists():
-        shutil.copytree(run, dest)
+    if not k.dry_run:
+        if not dest.exists():
+            shutil.copytree(run, dest)
+        cfg = RunConfig.load(dest / "config.json")
+        cfg = dataclasses.replace(cfg, data_dir=str(data_dir))
+        cfg.save(dest / "config.json")
     return dest
 
 
@@ -132,7 +155,7 @@ def main(steps: Callable[[KernelPaths], list[list[str]]],
     from kit import cli
 
     k = parse_args(argv)
-    print(f"input {k.input}  working {k.working}  preset {k.preset}")
+    print(f"input {k.input}  working {k.working}  scratch {k.scratch}  preset {k.preset}")
     report_versions(import_tf=not k.dry_run)
     try:
         plan = steps(k)
@@ -141,6 +164,8 @@ def main(steps: Callable[[KernelPaths], list[list[str]]],
         return 2
     if not k.dry_run:
         k.working.mkdir(parents=True, exist_ok=True)
+        k.scratch.mkdir(parents=True, exist_ok=True)
+        os.chdir(k.scratch)
     for argv_ in plan:
         print("$ python -m kit " + " ".join(argv_), flush=True)
         if k.dry_run:
