@@ -223,3 +223,30 @@ def test_built_full_script_writes_a_valid_submission(tmp_path):
         values = line.split(",")[1].split()
         assert len(values) % 5 == 0
     assert not (tmp_path / "working" / "data").exists()       # the cache stayed in scratch
+
+
+def test_infer_kernel_finds_the_attached_run_and_repoints_its_data(tmp_path):
+    from kit.config import get_preset
+    from kit.kaggle import runtime
+
+    data = tmp_path / "input" / paths.COMPETITION
+    data.mkdir(parents=True)
+    (data / paths.TRAIN_LABELS).write_text("x\n")
+    for name in ("tiny-20240101-000000", "tiny-20240202-000000"):
+        run = tmp_path / "input" / "rsna-kit-train" / "runs" / name
+        run.mkdir(parents=True)
+        get_preset("tiny").save(run / "config.json")
+    script, _ = build(tmp_path, "infer", "alice")
+    proc = subprocess.run([sys.executable, str(script), "--dry-run"], cwd=tmp_path,
+                          env=_kernel_env(tmp_path), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    copy = tmp_path / "working" / "runs" / "tiny-20240202-000000"         # the newest run
+    assert f"$ python -m kit predict --run {copy} --split all --tta flip" in proc.stdout
+    assert f"$ python -m kit submit --run {copy} --data {data}" in proc.stdout
+    k = runtime.KernelPaths(tmp_path / "input", tmp_path / "working", tmp_path / "scratch",
+                            "tiny", dry_run=False)
+    assert runtime.working_copy(runtime.find_run(k.input), k, data) == copy
+    assert json.loads((copy / "config.json").read_text())["data_dir"] == str(data)
+    src = json.loads((tmp_path / "input" / "rsna-kit-train" / "runs" / copy.name /
+                      "config.json").read_text())
+    assert src["data_dir"] == ""                                         # the input is untouched

@@ -82,6 +82,19 @@ def resolve_owner(owner: str | None) -> str:
     raise KitError("kernel owner unknown: pass --owner YOUR_KAGGLE_NAME (or set KAGGLE_USERNAME)")
 
 
+def resolve_owner_online() -> str:
+    """Owner from local credentials, else from the server (access tokens carry no user name)."""
+    from kit.kaggle import api
+
+    creds = find_credentials()
+    if creds is not None and creds.username:
+        return creds.username
+    name = api.username(api.client())
+    if not name:
+        raise KitError("kernel owner unknown: pass --owner YOUR_KAGGLE_NAME")
+    return name
+
+
 def build_kernel(name: str, owner: str, *, datasets: list[str] = (),
                  kernels_dir: Path = KERNELS_DIR, out_dir: Path = BUILD_DIR,
                  kit_dir: Path = paths.ROOT / "kit") -> Path:
@@ -111,14 +124,15 @@ def build_kernel(name: str, owner: str, *, datasets: list[str] = (),
 
 def kernel_ref(name: str, owner: str | None, out_dir: Path = BUILD_DIR,
                kernels_dir: Path = KERNELS_DIR) -> str:
-    """"owner/slug" of a kernel: NAME as given when it has a '/', else from the build or template."""
+    """"owner/slug" of a kernel: NAME as given when it has a '/', else the id of the last build
+    (unless ``owner`` is given), else the template's with the owner filled in."""
     if "/" in name:
         return name
     built = Path(out_dir) / name / "kernel-metadata.json"
     if built.is_file() and not owner:
         return json.loads(built.read_text(encoding="utf-8"))["id"]
     meta, _ = _template(name, kernels_dir)
-    return meta["id"].replace("{owner}", resolve_owner(owner))
+    return meta["id"].replace("{owner}", owner or resolve_owner_online())
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -168,19 +182,6 @@ def _push(args: argparse.Namespace) -> int:
     print(f"pushed {ref} version {result.version}: {result.url}")
     print(f"next: python -m kit kernels status {args.name} --wait")
     return 0
-
-
-def resolve_owner_online() -> str:
-    """Owner from local credentials, else from the server (access tokens carry no user name)."""
-    from kit.kaggle import api
-
-    creds = find_credentials()
-    if creds is not None and creds.username:
-        return creds.username
-    name = api.username(api.client())
-    if not name:
-        raise KitError("kernel owner unknown: pass --owner YOUR_KAGGLE_NAME")
-    return name
 
 
 def _status(args: argparse.Namespace) -> int:
