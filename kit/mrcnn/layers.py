@@ -82,8 +82,11 @@ def _pad_rows(x: tf.Tensor, rows: int) -> tf.Tensor:
 class GraphLayer(keras.layers.Layer):
     """Base of the custom layers: no XLA; output dtypes declared next to the shapes."""
 
-    supports_jit = False
     output_dtypes: tuple[str, ...] = ("float32",)
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_jit = False   # Layer.__init__ sets True; NMS/dynamic shapes break XLA
 
     def compute_output_spec(self, *args, **kwargs):
         shapes = self.compute_output_shape(
@@ -377,9 +380,11 @@ class DetectionTargetLayer(GraphLayer):
         gt_masks = tf.boolean_mask(gt_masks, keep)
 
         overlaps = overlaps_graph(proposals, gt_boxes)                      # [N, G]
-        best_iou = tf.reduce_max(tf.concat([overlaps, tf.zeros_like(overlaps[:, :1])], 1), 1)
+        # an extra zero column keeps max/argmax defined when the image has no gt box
+        overlaps = tf.concat([overlaps, tf.zeros_like(proposals[:, :1])], axis=1)
+        best_iou = tf.reduce_max(overlaps, axis=1)
         crowd_iou = tf.reduce_max(tf.concat(
-            [overlaps_graph(proposals, crowd_boxes), tf.zeros_like(overlaps[:, :1])], 1), 1)
+            [overlaps_graph(proposals, crowd_boxes), tf.zeros_like(proposals[:, :1])], 1), 1)
         positive = tf.where(best_iou >= 0.5)[:, 0]
         negative = tf.where((best_iou < 0.5) & (crowd_iou < 0.001))[:, 0]
         max_pos = int(self.rois_per_image * self.roi_positive_ratio)
