@@ -73,6 +73,14 @@ def sweep(raw: pd.DataFrame, gt: Mapping[str, np.ndarray], *,
     ``raw``: raw detections (RAW_COLUMNS, xywh in 1024-px pixels); ``gt``: patientId -> (k,4) xywh.
     Raw rows for an id not in ``gt`` raise KitError.
     """
+    for name, values, ok in [("thresholds", thresholds, lambda v: 0 <= v <= 1),
+                             ("image thresholds", image_thresholds, lambda v: 0 <= v <= 1),
+                             ("scales", scales, lambda v: v > 0),
+                             ("max boxes", max_boxes, lambda v: int(v) == v and v >= 1)]:
+        bad = [v for v in values if not ok(v)]
+        if bad or not len(values):
+            raise KitError(f"tune grid: {name} {list(values)} must be non-empty and valid "
+                           "(thresholds in [0, 1], scales > 0, max boxes >= 1)")
     pid, scores, boxes = raw_arrays(raw)
     strays = sorted(set(pid) - set(gt))
     if strays:

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from kit import cli
+from kit.errors import KitError
 from kit.metric import score_dataset
 from kit.postprocess import PostProcess
 from kit.runs import RAW_COLUMNS
@@ -107,6 +108,14 @@ def test_tune_cli_refuses_images_without_labels(in_tmp, capsys):
     assert cli.main(["tune", "--raw", "raw.csv", "--labels", "labels.csv"]) == 2
     assert "labels.csv, field 'patientId': 5 images have no labels" in capsys.readouterr().err
     assert not (in_tmp / "postprocess.json").exists()
+
+
+def test_bad_grid_is_refused_before_work():
+    gt, raw = synthetic(n=3)
+    with pytest.raises(KitError, match="tune grid: thresholds"):
+        sweep(raw, gt, thresholds=(0.5, 1.5))
+    with pytest.raises(KitError, match="max boxes"):
+        sweep(raw, gt, max_boxes=(0,))
 
 
 def test_tune_does_not_import_tensorflow():
