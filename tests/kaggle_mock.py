@@ -47,7 +47,7 @@ class KaggleMock:
         self.port = self._server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.answers = {**self.default_answers(), **self.answers}
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
         self._thread.start()
 
     def default_answers(self) -> dict[str, Any]:

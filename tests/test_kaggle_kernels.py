@@ -250,3 +250,18 @@ def test_infer_kernel_finds_the_attached_run_and_repoints_its_data(tmp_path):
     src = json.loads((tmp_path / "input" / "rsna-kit-train" / "runs" / copy.name /
                       "config.json").read_text())
     assert src["data_dir"] == ""                                         # the input is untouched
+
+
+def test_push_with_an_access_token_takes_the_owner_from_the_server(tmp_path, mock_kaggle,
+                                                                   monkeypatch):
+    for var in ("KAGGLE_USERNAME", "KAGGLE_KEY"):
+        monkeypatch.delenv(var)
+    (Path(os.environ["HOME"]) / ".kaggle" / "kaggle.json").unlink()
+    token = "KGAT_" + "9" * 32
+    monkeypatch.setenv("KAGGLE_API_TOKEN", token)
+    mock_kaggle.answers["IntrospectToken"] = (200, {"active": True, "username": "tokuser"})
+    assert cli.main(["kernels", "push", "full", "--build-dir", str(tmp_path)]) == 0
+    assert mock_kaggle.body("SaveKernel")["slug"] == "tokuser/rsna-kit-full"
+    save = [c for c in mock_kaggle.calls if c.method == "SaveKernel"][-1]
+    assert save.headers["Authorization"] == f"Bearer {token}"
+    assert not bundle.holds_secret(save.body["text"], [token])
