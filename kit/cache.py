@@ -30,7 +30,8 @@ from tqdm import tqdm
 from kit import dicom, paths
 from kit.errors import KitError
 from kit.io import write_csv, write_json
-from kit.labels import default_data_dir, read_labels, read_sample_submission
+from kit.labels import read_labels, read_sample_submission
+from kit.paths import default_data_dir
 
 SPLITS = {"train": paths.TRAIN_IMAGES, "test": paths.TEST_IMAGES}
 META_COLUMNS = ["patientId", "split", "orig_height", "orig_width", "scale", "PatientAge",

@@ -39,7 +39,8 @@ def baseline_preds(kind: str, ids: list[str]) -> dict[str, tuple[np.ndarray, np.
 
 def pick_labels(ids: list[str], labels: Path | None, data: Path | None) -> tuple[Path, dict]:
     """The label file whose ids cover ``ids`` and its ground truth (patientId -> (k,4) xywh)."""
-    from kit.labels import boxes_by_patient, default_data_dir, read_labels
+    from kit.labels import boxes_by_patient, read_labels
+    from kit.paths import default_data_dir
 
     if labels is not None:
         candidates = [Path(labels)]

@@ -149,11 +149,6 @@ def summarize(labels_df: pd.DataFrame, classes_df: pd.DataFrame | None = None) -
     return summary
 
 
-def default_data_dir() -> Path:
-    """data/rsna when the real data is there, else data/demo."""
-    return paths.RSNA_DIR if (paths.RSNA_DIR / paths.TRAIN_LABELS).is_file() else paths.DEMO_DIR
-
-
 def add_labels_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, default=None,
                         help="data folder in Kaggle's layout (default: data/rsna if present, else data/demo)")
@@ -165,7 +160,7 @@ def add_labels_args(parser: argparse.ArgumentParser) -> None:
 
 
 def run_labels(args: argparse.Namespace) -> int:
-    data = args.data or default_data_dir()
+    data = args.data or paths.default_data_dir()
     labels = read_labels(args.labels or data / paths.TRAIN_LABELS)
     classes_path = args.classes or data / paths.CLASS_INFO
     classes = None

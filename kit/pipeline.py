@@ -120,10 +120,11 @@ def run_submission(args: argparse.Namespace) -> int:
     sub = subs_dir / f"{run.name}.csv"
     _cli("submit", "--run", run, "--out", sub, "--force")
     val_sub = write_val_submission(run)
-    _cli("score", "--submission", val_sub, "--labels", data_dir / paths.TRAIN_LABELS)
+    board = ("--leaderboard", subs_dir / "leaderboard.csv")
+    _cli("score", "--submission", val_sub, "--labels", data_dir / paths.TRAIN_LABELS, *board)
     test_labels = data_dir / paths.DEMO_TEST_LABELS
     if test_labels.is_file():   # the demo's hidden test ground truth: score the real submission
-        _cli("score", "--submission", sub, "--labels", test_labels)
+        _cli("score", "--submission", sub, "--labels", test_labels, *board)
     _cli("report", "--run", run, "--runs-dir", runs_dir)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,8 @@ import pandas as pd
 from kit import paths
 from kit.errors import KitError
 from kit.io import write_csv
-from kit.labels import default_data_dir, read_labels
+from kit.labels import read_labels
+from kit.paths import default_data_dir
 
 STRATA = ("0", "1", "2", "3+")
 

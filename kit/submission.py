@@ -156,7 +156,7 @@ def validate_submission(path: str | Path, sample_path: str | Path | None = None)
 def _sample_path(args: argparse.Namespace, data_dir: Path | None = None) -> Path | None:
     if getattr(args, "sample", None):
         return Path(args.sample)
-    from kit.labels import default_data_dir
+    from kit.paths import default_data_dir
 
     path = Path(args.data or data_dir or default_data_dir()) / paths.SAMPLE_SUBMISSION
     return path if path.is_file() or args.data else None

@@ -177,7 +177,7 @@ def _inputs(args: argparse.Namespace) -> tuple[Path, Path, Path | None]:
             raise KitError("--raw needs --labels (the label CSV covering its images)")
         return args.raw, args.labels, args.ids
     from kit.config import RunConfig
-    from kit.labels import default_data_dir
+    from kit.paths import default_data_dir
     from kit.runs import resolve_run
 
     run = resolve_run(args.run)
