@@ -248,10 +248,15 @@ def _find_or_fetch(file_name: str, url: str, download: bool, weights_dir: Path,
                    size: int | None = None, md5: str | None = None) -> Path:
     candidates = [Path(weights_dir) / file_name, *sorted(Path("/kaggle/input").glob(
         f"*/{file_name}"))]
+    rejected = []
     for candidate in candidates:
-        if candidate.is_file() and _verify(candidate, size, md5) is None:
-            return candidate
+        if candidate.is_file():
+            problem = _verify(candidate, size, md5)
+            if problem is None:
+                return candidate
+            rejected.append(f"{candidate} ({problem})")
     if not download:
-        raise KitError(f"{file_name} not found in {weights_dir}/ or /kaggle/input/*/: put it "
-                       f"there, or allow the download from {url}", path=file_name)
+        found = f"; rejected {', '.join(rejected)}" if rejected else ""
+        raise KitError(f"{file_name} not found in {weights_dir}/ or /kaggle/input/*/{found}: "
+                       f"put it there, or allow the download from {url}", path=file_name)
     return download_weights(url, Path(weights_dir) / file_name, size=size, md5=md5)
