@@ -1,7 +1,8 @@
 """Kaggle kernel `full`: train, predict, tune and write /kaggle/working/submission.csv in one session.
 
 `python -m kit kernels build full` turns this into one self-contained script (the kit embedded).
-Locally, from the repo root: `python kernels/full/kernel.py --input DIR --working DIR --dry-run`.
+Locally, from the repo root: `PYTHONPATH=. python kernels/full/kernel.py --input DIR --dry-run`
+(or run the built script anywhere); the flags and KIT_* variables are in kit/kaggle/runtime.py.
 """
 import sys
 
@@ -15,4 +16,6 @@ def steps(k: runtime.KernelPaths) -> list:
 
 
 if __name__ == "__main__":
-    sys.exit(runtime.main(steps))
+    code = runtime.main(steps)
+    if code:             # exit only on failure: a notebook-style runner treats SystemExit(0) as an error
+        sys.exit(code)

@@ -18,4 +18,6 @@ def steps(k: runtime.KernelPaths) -> list:
 
 
 if __name__ == "__main__":
-    sys.exit(runtime.main(steps))
+    code = runtime.main(steps)
+    if code:             # exit only on failure: a notebook-style runner treats SystemExit(0) as an error
+        sys.exit(code)
