@@ -37,7 +37,8 @@ SEARCH_DEPTH = 4   # folder levels below the input root searched for data and ru
 
 @dataclass(frozen=True)
 class KernelPaths:
-    """Where a kernel reads (``input``) and writes (``working``), and the preset it runs."""
+    """Where a kernel reads (``input``), writes its outputs (``working``) and runs (``scratch``),
+    the preset it trains, and whether it only prints its plan (``dry_run``)."""
 
     input: Path
     working: Path
