@@ -223,7 +223,7 @@ def test_generator_batches_have_the_contract_shapes_and_include_empty_images():
         "input_rpn_bbox": ((2, 64, 4), np.float32),
         "input_gt_class_ids": ((2, 3), np.int32),
         "input_gt_boxes": ((2, 3, 4), np.float32),
-        "input_gt_masks": ((2, 14, 14, 3), np.bool_),
+        "input_gt_masks": ((2, 14, 14, 3), np.uint8),
     }
     assert set(x) == set(D.INPUT_NAMES) == set(expected)
     for name, (shape, dtype) in expected.items():

@@ -227,7 +227,9 @@ class DataGenerator(keras.utils.PyDataset):
     input_image_meta [B,IMAGE_META_SIZE] float32, input_rpn_match [B,A,1] int32,
     input_rpn_bbox [B,RPN_TRAIN_ANCHORS_PER_IMAGE,4] float32, input_gt_class_ids
     [B,MAX_GT_INSTANCES] int32, input_gt_boxes [B,MAX_GT_INSTANCES,4] float32 pixels,
-    input_gt_masks [B,*MINI_MASK_SHAPE (or H,W),MAX_GT_INSTANCES] bool; plus input_roi
+    input_gt_masks [B,*MINI_MASK_SHAPE (or H,W),MAX_GT_INSTANCES] uint8 in {0, 1} (Keras casts it
+    to the graph's bool input; a bool array would break fit's first-batch MEAN reduction under
+    MirroredStrategy); plus input_roi
     [B,POST_NMS_ROIS_TRAINING,4] int32 when USE_RPN_ROIS is False.
 
     One epoch is ``steps`` batches (default: one pass over the images); the image order is a
@@ -296,7 +298,7 @@ class DataGenerator(keras.utils.PyDataset):
         gt_ids[:n] = class_ids
         gt_boxes = np.zeros((limit, 4), np.float32)
         gt_boxes[:n] = boxes
-        gt_masks = np.zeros((*masks.shape[:2], limit), bool)
+        gt_masks = np.zeros((*masks.shape[:2], limit), np.uint8)
         gt_masks[:, :, :n] = masks
         out = {
             "input_image": utils.mold_image(image.astype(np.float32), config).astype(np.float32),
