@@ -140,7 +140,10 @@ def test_output_downloads_into_a_run_folder(in_tmp, mock_kaggle, capsys):
              "runs/kaggle-20240101-000000/raw_val.csv": b"patientId,score,x,y,w,h\n",
              "runs/kaggle-20240101-000000/raw_test.csv": b"patientId,score,x,y,w,h\n",
              "runs/kaggle-20240101-000000/config.json": b"{}",
-             "runs/kaggle-20240101-000000/postprocess.json": b"{\"threshold\": 0.3}"}
+             "runs/kaggle-20240101-000000/postprocess.json": b"{\"threshold\": 0.3}",
+             "runs/kaggle-20240101-000000/val_ids.csv": b"patientId\n",
+             "runs/kaggle-20240101-000000/ckpt/mask_rcnn_0001.h5": b"h5",
+             "runs/older-20230101-000000/config.json": b"{\"old\": 1}"}
     for name, data in files.items():
         mock_kaggle.files[f"out/{name}"] = data
     mock_kaggle.answers["ListKernelSessionOutput"] = (200, {
@@ -152,6 +155,9 @@ def test_output_downloads_into_a_run_folder(in_tmp, mock_kaggle, capsys):
     for name in ("raw_val.csv", "raw_test.csv", "config.json", "postprocess.json"):
         assert (run / name).read_bytes() == files[f"runs/kaggle-20240101-000000/{name}"]
     assert (run / "submission.csv").read_bytes() == files["submission.csv"]
+    assert (run / "val_ids.csv").is_file() and (run / "ckpt" / "mask_rcnn_0001.h5").is_file()
+    assert not (run / "runs" / "kaggle-20240101-000000").exists()        # moved up, not copied
+    assert (run / "runs" / "older-20230101-000000" / "config.json").is_file()
     assert (run / "rsna-kit-full.log").is_file()
     record = json.loads((run / "kernel.json").read_text())
     assert record["ref"] == f"{USERNAME}/rsna-kit-full" and record["version"] == 4

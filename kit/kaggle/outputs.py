@@ -1,9 +1,9 @@
 """``kernels output``: download a kernel's /kaggle/working into runs/kaggle-<NAME>-<version>/.
 
 The download goes into a ``.part`` folder that is renamed when complete, so an interrupted
-download is never mistaken for a finished one. The kernel's run files (raw_val.csv,
-raw_test.csv, postprocess.json, config.json) and submission.csv are copied to the top of the
-folder, so ``score``, ``tune``, ``submit --run`` and ``report`` use it like any run folder.
+download is never mistaken for a finished one. The run folder the kernel wrote (config.json,
+raw_val.csv, raw_test.csv, postprocess.json, checkpoints ...) is moved to the top, next to
+submission.csv, so ``score``, ``tune``, ``submit --run`` and ``report`` use it like any run.
 """
 from __future__ import annotations
 
@@ -14,30 +14,40 @@ from pathlib import Path
 
 from kit import io
 from kit.errors import KitError
+from kit.kaggle.runtime import run_order
 
 RUN_FILES = ("raw_val.csv", "raw_test.csv", "postprocess.json", "config.json")
 RECORD = "kernel.json"
 
 
-def _newest(found: list[Path]) -> Path | None:
-    """The shallowest, then last-named, of several candidates (run names end in a timestamp)."""
-    if not found:
-        return None
-    return sorted(found, key=lambda p: (-len(p.parts), p.as_posix()))[-1]
-
-
 def register(folder: Path) -> dict[str, str]:
-    """Copy the run files and submission.csv found in ``folder`` to its top; what came from where."""
+    """Make a downloaded kernel output look like a run folder; returns {name: where it came from}.
+
+    The run folder inside (a folder with config.json; one with raw_test.csv first, then the
+    newest by the timestamp in its name) is moved up to the top (checkpoints and all, so ``predict``/``report`` find them where they
+    expect); any run file or submission.csv still missing at the top is then copied from
+    wherever it is found.
+    """
     folder = Path(folder)
-    registered = {}
+    registered: dict[str, str] = {}
+    runs = [p.parent for p in folder.rglob("config.json") if p.parent != folder]
+    if runs:
+        run = max(runs, key=lambda p: ((p / "raw_test.csv").is_file(), run_order(p)))
+        for entry in sorted(run.iterdir()):
+            if not (folder / entry.name).exists():
+                entry.rename(folder / entry.name)
+                registered[entry.name] = entry.relative_to(folder).as_posix()
+        while run != folder and not any(run.iterdir()):    # drop the emptied folders
+            run.rmdir()
+            run = run.parent
     for name in (*RUN_FILES, "submission.csv"):
         if (folder / name).is_file():
-            registered[name] = name
+            registered.setdefault(name, name)
             continue
-        source = _newest([p for p in folder.rglob(name) if p.is_file()])
-        if source is not None:
-            shutil.copy2(source, folder / name)
-            registered[name] = source.relative_to(folder).as_posix()
+        found = sorted((p for p in folder.rglob(name) if p.is_file()), key=lambda p: p.as_posix())
+        if found:
+            shutil.copy2(found[-1], folder / name)
+            registered[name] = found[-1].relative_to(folder).as_posix()
     return registered
 
 
@@ -72,7 +82,8 @@ def fetch_output(args: argparse.Namespace) -> int:
     if dest.exists():
         shutil.rmtree(dest)
     part.rename(dest)
-    print(f"{len(files)} files of {ref} in {dest}; run files: {', '.join(registered) or 'none'}")
+    found = [name for name in (*RUN_FILES, "submission.csv") if name in registered]
+    print(f"{len(files)} files of {ref} in {dest}; run files: {', '.join(found) or 'none'}")
     if "submission.csv" in registered:
         print(f"next: python -m kit score --submission {dest / 'submission.csv'}")
     if "raw_test.csv" in registered:

@@ -18,6 +18,7 @@ import argparse
 import importlib.metadata
 import os
 import platform
+import re
 import shutil
 import sys
 import tempfile
@@ -102,7 +103,7 @@ def find_competition_data(root: Path, slug: str = paths.COMPETITION) -> Path:
 
 def find_run(root: Path) -> Path:
     """A run folder (has config.json) in the attached inputs; KIT_RUN names one explicitly.
-    With several, the one whose folder name sorts last (names end in a timestamp)."""
+    With several, the newest by the timestamp in its name (see ``run_order``)."""
     if os.environ.get(RUN_ENV):
         run = Path(os.environ[RUN_ENV])
         if not (run / "config.json").is_file():
@@ -113,7 +114,13 @@ def find_run(root: Path) -> Path:
         raise KitError(f"no run folder (config.json) under {root}: attach the output of the train "
                        f"kernel (kernel_sources) or a dataset holding a run, or set {RUN_ENV}",
                        path=root)
-    return max(found, key=lambda p: p.name)
+    return max(found, key=run_order)
+
+
+def run_order(run: Path) -> tuple[str, str]:
+    """Sort key of run folders, newest last: the <YYYYmmdd-HHMMSS> stamp in the name, then the name."""
+    stamp = re.search(r"\d{8}-\d{6}", run.name)
+    return (stamp.group(0) if stamp else "", run.name)
 
 
 def working_copy(run: Path, k: KernelPaths, data_dir: Path) -> Path:
