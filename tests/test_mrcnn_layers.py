@@ -10,6 +10,7 @@ from kit.mrcnn import layers as L
 from kit.mrcnn import utils
 from kit.mrcnn.backbone import BatchNorm
 from kit.mrcnn.heads import fpn_classifier_graph
+from kit.mrcnn.targets import DetectionTargetLayer
 
 RNG = np.random.default_rng(0)
 
@@ -127,7 +128,7 @@ def test_detection_target_layer_positive_and_empty_images():
     proposals[:, 1:4] = [[0.7, 0.7, 0.9, 0.9], [0.0, 0.0, 0.1, 0.1], [0.65, 0.0, 0.9, 0.3]]
     masks = np.zeros((2, 8, 8, 2), bool)
     masks[0, :, :, 0] = True                        # mini mask: the whole gt box
-    layer = L.DetectionTargetLayer(rois_per_image=6, roi_positive_ratio=0.5,
+    layer = DetectionTargetLayer(rois_per_image=6, roi_positive_ratio=0.5,
                                    bbox_std_dev=[0.1, 0.1, 0.2, 0.2], mask_shape=[4, 4],
                                    use_mini_mask=True, negatives_without_positives=2)
     rois, class_ids, deltas, target_masks = [t.numpy() for t in layer(
@@ -201,3 +202,18 @@ def _classifier_op_count(num_rois: int) -> int:
 
 def test_classifier_graph_size_does_not_scale_with_rois():
     assert _classifier_op_count(10) == _classifier_op_count(100)
+
+
+def test_target_and_detection_layers_trace_with_unknown_shapes():
+    """Under fit() the inputs can arrive without static shapes: the layers must still trace."""
+    targets = DetectionTargetLayer(4, 0.5, [0.1, 0.1, 0.2, 0.2], [4, 4], True, 2)
+    spec = tf.TensorSpec
+    traced = tf.function(lambda p, c, b, m: targets([p, c, b, m])).get_concrete_function(
+        spec([None, None, None]), spec([None, None], tf.int32), spec([None, None, None]),
+        spec([None, None, None, None], tf.bool))
+    assert traced.structured_outputs[0].shape.as_list() == [None, 4, 4]
+    detection = L.DetectionLayer(3, 0.5, 0.3, [0.1, 0.1, 0.2, 0.2])
+    traced = tf.function(lambda r, p, d, m: detection([r, p, d, m])).get_concrete_function(
+        spec([None, None, None]), spec([None, None, None]), spec([None, None, None, None]),
+        spec([None, None]))
+    assert traced.structured_outputs.shape.as_list() == [None, 3, 6]

@@ -59,9 +59,12 @@ def overlaps_graph(boxes1: tf.Tensor, boxes2: tf.Tensor) -> tf.Tensor:
 
 
 def norm_boxes_graph(boxes: tf.Tensor, shape: tf.Tensor) -> tf.Tensor:
-    """Pixel y1x1y2x2 -> normalised (graph twin of utils.norm_boxes); shape is (h, w)."""
-    h, w = tf.unstack(tf.cast(shape, tf.float32))
-    scale = tf.stack([h - 1., w - 1., h - 1., w - 1.])
+    """Pixel y1x1y2x2 -> normalised (graph twin of utils.norm_boxes).
+
+    ``shape`` is (h, w), or (..., 2) per box to broadcast against boxes (..., 4).
+    """
+    shape = tf.cast(shape, tf.float32)
+    scale = tf.concat([shape - 1.0, shape - 1.0], axis=-1)
     return (tf.cast(boxes, tf.float32) - tf.constant([0., 0., 1., 1.])) / scale
 
 
@@ -72,7 +75,7 @@ def parse_image_meta_graph(meta: tf.Tensor) -> dict[str, tf.Tensor]:
             "active_class_ids": meta[:, 12:]}
 
 
-def _pad_rows(x: tf.Tensor, rows: int) -> tf.Tensor:
+def pad_rows(x: tf.Tensor, rows: int) -> tf.Tensor:
     """Zero-pad (or keep) the first axis of ``x`` to exactly ``rows``."""
     pad = tf.maximum(rows - tf.shape(x)[0], 0)
     paddings = tf.concat([[[0, pad]], tf.zeros([tf.rank(x) - 1, 2], tf.int32)], axis=0)
@@ -137,7 +140,7 @@ class NormBoxes(GraphLayer):
         self.height, self.width = int(height), int(width)
 
     def call(self, inputs):
-        return norm_boxes_graph(inputs, tf.constant([self.height, self.width]))
+        return norm_boxes_graph(inputs, tf.constant([self.height, self.width], tf.float32))
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
@@ -226,9 +229,10 @@ class ProposalLayer(GraphLayer):
         def nms(args):
             b, s = args
             keep = tf.image.non_max_suppression(b, s, self.proposal_count, self.nms_threshold)
-            return _pad_rows(tf.gather(b, keep), self.proposal_count)
+            return pad_rows(tf.gather(b, keep), self.proposal_count)
 
-        return tf.map_fn(nms, (boxes, scores), fn_output_signature=tf.float32)
+        out = tf.map_fn(nms, (boxes, scores), fn_output_signature=tf.float32)
+        return tf.ensure_shape(out, [None, self.proposal_count, 4])
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0][0], self.proposal_count, 4)
@@ -306,6 +310,7 @@ class DetectionLayer(GraphLayer):
 
     def _one_image(self, args):
         rois, probs, deltas, window = args
+        rois = tf.reshape(rois, [-1, 4])
         class_ids = tf.argmax(probs, axis=1, output_type=tf.int32)
         scores = tf.reduce_max(probs, axis=1)
         deltas = tf.gather(deltas, class_ids, batch_dims=1) * tf.constant(self.bbox_std_dev)
@@ -319,16 +324,15 @@ class DetectionLayer(GraphLayer):
         rows = tf.concat([tf.gather(boxes, keep),
                           tf.cast(tf.gather(class_ids, keep), tf.float32)[:, None],
                           tf.gather(scores, keep)[:, None]], axis=1)
-        return _pad_rows(rows, self.max_instances)
+        return pad_rows(rows, self.max_instances)
 
     def call(self, inputs):
         rois, probs, deltas, meta = inputs
         parts = parse_image_meta_graph(meta)
-        windows = tf.map_fn(lambda a: norm_boxes_graph(a[0], a[1][:2]),
-                            (parts["window"], parts["image_shape"]),
-                            fn_output_signature=tf.float32)
-        return tf.map_fn(self._one_image, (rois, probs, deltas, windows),
-                         fn_output_signature=tf.float32)
+        windows = norm_boxes_graph(parts["window"], parts["image_shape"][:, :2])
+        out = tf.map_fn(self._one_image, (rois, probs, deltas, windows),
+                        fn_output_signature=tf.float32)
+        return tf.ensure_shape(out, [None, self.max_instances, 6])
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0][0], self.max_instances, 6)
@@ -338,104 +342,3 @@ class DetectionLayer(GraphLayer):
                 "min_confidence": self.min_confidence, "nms_threshold": self.nms_threshold,
                 "bbox_std_dev": self.bbox_std_dev}
 
-
-# ----------------------------------------------------------------------- training targets
-class DetectionTargetLayer(GraphLayer):
-    """Sample training ROIs from proposals and give each its class, box and mask targets.
-
-    Inputs: proposals [B, N, 4] normalised (zero rows = padding), gt_class_ids [B, G] int
-    (0 = padding, < 0 = crowd), gt_boxes [B, G, 4] normalised, gt_masks [B, h, w, G] (mini
-    masks inside their gt box when ``use_mini_mask``, else full image masks).
-    Positives: IoU >= 0.5 with a gt box (at most roi_positive_ratio * rois_per_image);
-    negatives: IoU < 0.5 and not touching a crowd box, ``1/ratio - 1`` per positive, or
-    ``negatives_without_positives`` when an image has no positive ROI (RSNA's empty images).
-    Outputs (zero padded to rois_per_image): rois [B, T, 4], target_class_ids [B, T] int32,
-    target_deltas [B, T, 4] (/ bbox_std_dev), target_mask [B, T, mask_h, mask_w] in {0, 1}.
-    """
-
-    output_dtypes = ("float32", "int32", "float32", "float32")
-
-    def __init__(self, rois_per_image: int, roi_positive_ratio: float, bbox_std_dev,
-                 mask_shape, use_mini_mask: bool, negatives_without_positives: int = 0,
-                 **kwargs):
-        super().__init__(**kwargs)
-        self.rois_per_image, self.roi_positive_ratio = int(rois_per_image), roi_positive_ratio
-        self.bbox_std_dev = [float(v) for v in bbox_std_dev]
-        self.mask_shape = [int(v) for v in mask_shape]
-        self.use_mini_mask = bool(use_mini_mask)
-        self.negatives_without_positives = int(negatives_without_positives)
-
-    def _one_image(self, args):
-        proposals, gt_class_ids, gt_boxes, gt_masks = args
-        proposals = tf.boolean_mask(proposals, tf.reduce_any(proposals != 0, axis=1))
-        real = tf.reduce_any(gt_boxes != 0, axis=1)
-        gt_boxes, gt_class_ids = tf.boolean_mask(gt_boxes, real), tf.boolean_mask(gt_class_ids,
-                                                                                   real)
-        gt_masks = tf.boolean_mask(tf.transpose(tf.cast(gt_masks, tf.float32), [2, 0, 1]), real)
-        crowd = gt_class_ids < 0
-        crowd_boxes = tf.boolean_mask(gt_boxes, crowd)
-        keep = tf.logical_not(crowd)
-        gt_boxes, gt_class_ids = tf.boolean_mask(gt_boxes, keep), tf.boolean_mask(gt_class_ids,
-                                                                                   keep)
-        gt_masks = tf.boolean_mask(gt_masks, keep)
-
-        overlaps = overlaps_graph(proposals, gt_boxes)                      # [N, G]
-        # an extra zero column keeps max/argmax defined when the image has no gt box
-        overlaps = tf.concat([overlaps, tf.zeros_like(proposals[:, :1])], axis=1)
-        best_iou = tf.reduce_max(overlaps, axis=1)
-        crowd_iou = tf.reduce_max(tf.concat(
-            [overlaps_graph(proposals, crowd_boxes), tf.zeros_like(proposals[:, :1])], 1), 1)
-        positive = tf.where(best_iou >= 0.5)[:, 0]
-        negative = tf.where((best_iou < 0.5) & (crowd_iou < 0.001))[:, 0]
-        max_pos = int(self.rois_per_image * self.roi_positive_ratio)
-        positive = tf.random.shuffle(positive)[:max_pos]
-        n_pos = tf.shape(positive)[0]
-        n_neg = tf.where(
-            n_pos > 0,
-            tf.cast(tf.cast(n_pos, tf.float32) / self.roi_positive_ratio, tf.int32) - n_pos,
-            self.negatives_without_positives)
-        n_neg = tf.minimum(n_neg, self.rois_per_image - n_pos)
-        negative = tf.random.shuffle(negative)[:n_neg]
-        pos_rois = tf.gather(proposals, positive)
-        neg_rois = tf.gather(proposals, negative)
-
-        assign = tf.argmax(tf.gather(overlaps, positive), axis=1, output_type=tf.int32)
-        roi_gt_boxes = tf.gather(gt_boxes, assign)
-        class_ids = tf.cast(tf.gather(gt_class_ids, assign), tf.int32)
-        deltas = box_refinement_graph(pos_rois, roi_gt_boxes) / tf.constant(self.bbox_std_dev)
-        crop_boxes = pos_rois
-        if self.use_mini_mask:   # ROI coordinates relative to its gt box (the mini mask frame)
-            gy1, gx1, gy2, gx2 = tf.unstack(roi_gt_boxes, axis=1)
-            y1, x1, y2, x2 = tf.unstack(pos_rois, axis=1)
-            gh, gw = gy2 - gy1, gx2 - gx1
-            crop_boxes = tf.stack([(y1 - gy1) / gh, (x1 - gx1) / gw,
-                                   (y2 - gy1) / gh, (x2 - gx1) / gw], axis=1)
-        masks = tf.image.crop_and_resize(tf.gather(gt_masks, assign)[..., None], crop_boxes,
-                                         tf.range(n_pos), self.mask_shape)
-        masks = tf.round(masks[..., 0])
-
-        t = self.rois_per_image
-        rois = _pad_rows(tf.concat([pos_rois, neg_rois], axis=0), t)
-        return (rois, _pad_rows(class_ids, t), _pad_rows(deltas, t), _pad_rows(masks, t))
-
-    def call(self, inputs):
-        proposals, gt_class_ids, gt_boxes, gt_masks = inputs
-        out = tf.map_fn(self._one_image,
-                        (proposals, tf.cast(gt_class_ids, tf.int32), gt_boxes,
-                         tf.cast(gt_masks, tf.float32)),
-                        fn_output_signature=(tf.float32, tf.int32, tf.float32, tf.float32))
-        t = self.rois_per_image
-        return [tf.ensure_shape(out[0], [None, t, 4]), tf.ensure_shape(out[1], [None, t]),
-                tf.ensure_shape(out[2], [None, t, 4]),
-                tf.ensure_shape(out[3], [None, t, *self.mask_shape])]
-
-    def compute_output_shape(self, input_shape):
-        b, t = input_shape[0][0], self.rois_per_image
-        return [(b, t, 4), (b, t), (b, t, 4), (b, t, *self.mask_shape)]
-
-    def get_config(self):
-        return {**super().get_config(), "rois_per_image": self.rois_per_image,
-                "roi_positive_ratio": self.roi_positive_ratio,
-                "bbox_std_dev": self.bbox_std_dev, "mask_shape": self.mask_shape,
-                "use_mini_mask": self.use_mini_mask,
-                "negatives_without_positives": self.negatives_without_positives}

@@ -23,8 +23,9 @@ from kit.mrcnn import utils, weights
 from kit.mrcnn.backbone import fpn_graph, resnet_graph
 from kit.mrcnn.config import Config
 from kit.mrcnn.heads import build_fpn_mask_graph, build_rpn_model, fpn_classifier_graph
-from kit.mrcnn.layers import (AnchorsLayer, DetectionLayer, DetectionTargetLayer, NormBoxes,
-                              ParseImageMeta, ProposalLayer)
+from kit.mrcnn.layers import (AnchorsLayer, DetectionLayer, NormBoxes, ParseImageMeta,
+                              ProposalLayer)
+from kit.mrcnn.targets import DetectionTargetLayer
 
 log = logging.getLogger(__name__)
 CHECKPOINT_RE = re.compile(r"mask_rcnn_(?P<name>[\w-]+)_(?P<epoch>\d{4})\.h5$")
