@@ -205,3 +205,15 @@ def test_resnet101_inference_graph_builds(tmp_path):
     names = {layer.name for layer in model.keras_model.layers}
     assert {"res4w_branch2c", "bn4w_branch2c", "res5c_branch2c"} <= names
     assert "res4x_branch2a" not in names
+
+
+def test_mixed_precision_builds_float16_convs_and_float32_boxes(tmp_path):
+    cfg = Tiny()
+    cfg.MIXED_PRECISION = True
+    model = MaskRCNN("inference", cfg, tmp_path)
+    assert keras.config.dtype_policy().name == "float32"        # global policy restored
+    km = model.keras_model
+    assert km.get_layer("conv1").compute_dtype == "float16"
+    assert km.get_layer("mrcnn_detection").compute_dtype == "float32"
+    result = model.detect([np.zeros((128, 128, 3), np.uint8)], masks=False)[0]
+    assert result["rois"].dtype == np.int32 and result["scores"].dtype == np.float32

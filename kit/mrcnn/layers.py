@@ -83,11 +83,13 @@ def pad_rows(x: tf.Tensor, rows: int) -> tf.Tensor:
 
 
 class GraphLayer(keras.layers.Layer):
-    """Base of the custom layers: no XLA; output dtypes declared next to the shapes."""
+    """Base of the custom layers: float32 math (also under mixed precision), no XLA, output
+    dtypes declared next to the shapes."""
 
     output_dtypes: tuple[str, ...] = ("float32",)
 
     def __init__(self, **kwargs):
+        kwargs.setdefault("dtype", "float32")   # inputs are autocast; box math stays float32
         super().__init__(**kwargs)
         self.supports_jit = False   # Layer.__init__ sets True; NMS/dynamic shapes break XLA
 

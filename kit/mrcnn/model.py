@@ -156,28 +156,35 @@ class MaskRCNN:
                  strategy: tf.distribute.Strategy | None = None):
         if mode not in ("training", "inference"):
             raise ValueError(f"mode {mode!r}: choose 'training' or 'inference'")
-        if config.MIXED_PRECISION:
-            raise ValueError("MIXED_PRECISION=True is not supported by kit.mrcnn yet")
         self.mode, self.config = mode, config.validate()
         self.model_dir = str(model_dir)
         self.strategy = strategy or default_strategy()
         self.epoch = 0
         self.set_log_dir()
-        with self.strategy.scope():
-            inputs, outputs = build_graph(mode, config)
-            if mode == "training":
-                from kit.mrcnn.losses import LOSS_NAMES
-                from kit.mrcnn.training import TrainingModel
+        policy = keras.config.dtype_policy()
+        if config.MIXED_PRECISION:   # conv/dense layers in float16; graph layers stay float32
+            keras.config.set_dtype_policy("mixed_float16")
+        try:
+            with self.strategy.scope():
+                self._build(mode, config)
+        finally:
+            keras.config.set_dtype_policy(policy)
 
-                self.keras_model = TrainingModel(
-                    inputs=inputs, outputs=outputs, loss_names=LOSS_NAMES,
-                    loss_weights=config.LOSS_WEIGHTS, weight_decay=config.WEIGHT_DECAY,
-                    name="mask_rcnn")
-            else:
-                self.keras_model = keras.Model(inputs, outputs, name="mask_rcnn")
-                self._box_model = keras.Model(inputs, outputs[0], name="mask_rcnn_boxes")
-                self._run_full = tf.function(lambda x: self.keras_model(x, training=False))
-                self._run_boxes = tf.function(lambda x: self._box_model(x, training=False))
+    def _build(self, mode: str, config: Config) -> None:
+        inputs, outputs = build_graph(mode, config)
+        if mode == "training":
+            from kit.mrcnn.losses import LOSS_NAMES
+            from kit.mrcnn.training import TrainingModel
+
+            self.keras_model = TrainingModel(
+                inputs=inputs, outputs=outputs, loss_names=LOSS_NAMES,
+                loss_weights=config.LOSS_WEIGHTS, weight_decay=config.WEIGHT_DECAY,
+                name="mask_rcnn")
+        else:
+            self.keras_model = keras.Model(inputs, outputs, name="mask_rcnn")
+            self._box_model = keras.Model(inputs, outputs[0], name="mask_rcnn_boxes")
+            self._run_full = tf.function(lambda x: self.keras_model(x, training=False))
+            self._run_boxes = tf.function(lambda x: self._box_model(x, training=False))
 
     # ------------------------------------------------------------------ logs and weights
     def set_log_dir(self, model_path: str | os.PathLike | None = None) -> None:
