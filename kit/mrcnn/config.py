@@ -77,7 +77,7 @@ class Config:
         "mrcnn_mask_loss": 1.0,
     }
     USE_RPN_ROIS = True
-    TRAIN_BN = False                         # False: BatchNorm stays frozen (statistics + gamma/beta)
+    TRAIN_BN = False                         # False: BatchNorm moving statistics stay frozen
     GRADIENT_CLIP_NORM = 5.0
 
     # RSNA additions

@@ -32,7 +32,8 @@ class Dataset:
         self.source_class_ids: dict[str, list[int]] = {}
 
     def add_class(self, source: str, class_id: int, class_name: str) -> None:
-        assert "." not in source, "source name cannot contain a dot"
+        if "." in source:
+            raise ValueError(f"source name {source!r} cannot contain a dot")
         if any(c["source"] == source and c["id"] == class_id for c in self.class_info):
             return
         self.class_info.append({"source": source, "id": class_id, "name": class_name})
@@ -66,7 +67,8 @@ class Dataset:
 
     def get_source_class_id(self, class_id: int, source: str) -> int:
         info = self.class_info[class_id]
-        assert info["source"] == source
+        if info["source"] != source:
+            raise ValueError(f"class {class_id} belongs to source {info['source']!r}, not {source!r}")
         return info["id"]
 
     @property
