@@ -46,6 +46,9 @@ class RunConfig:
     post_nms_rois_training: int = 1000
     post_nms_rois_inference: int = 500
     max_gt_instances: int = 4
+    top_down_pyramid_size: int = 256        # FPN channels (256 to load COCO weights)
+    fc_layers_size: int = 1024              # classifier head width (1024 to load COCO weights)
+    mask_pool_size: int = 14                # mask head input side; masks come out twice that
     detection_max_instances: int = 10
     detection_min_confidence: float = 0.05  # floor for RAW detections; thresholds are tuned later
     detection_nms_threshold: float = 0.1
@@ -174,9 +177,13 @@ class RunConfig:
             POST_NMS_ROIS_TRAINING=self.post_nms_rois_training,
             POST_NMS_ROIS_INFERENCE=self.post_nms_rois_inference,
             MAX_GT_INSTANCES=self.max_gt_instances,
+            TOP_DOWN_PYRAMID_SIZE=self.top_down_pyramid_size,
+            FPN_CLASSIF_FC_LAYERS_SIZE=self.fc_layers_size,
+            MASK_POOL_SIZE=self.mask_pool_size, MASK_SHAPE=[2 * self.mask_pool_size] * 2,
             DETECTION_MAX_INSTANCES=self.detection_max_instances,
             DETECTION_MIN_CONFIDENCE=self.detection_min_confidence,
             DETECTION_NMS_THRESHOLD=self.detection_nms_threshold,
+            DETECTION_BEST_FOREGROUND=True,     # raw detections: P(opacity) for every ROI
             RPN_NMS_THRESHOLD=self.rpn_nms_threshold,
             LEARNING_RATE=self.learning_rate, WEIGHT_DECAY=self.weight_decay,
             TRAIN_BN=self.train_bn, USE_MINI_MASK=self.mini_mask,

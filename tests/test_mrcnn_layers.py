@@ -120,6 +120,25 @@ def test_detection_layer_filters_sorts_and_pads():
     assert not out[3:].any()
 
 
+def test_detection_layer_best_foreground_scores_every_roi_by_its_object_probability():
+    # background wins both ROIs, so Matterport's argmax drops them; raw RSNA detections keep them
+    rois = np.array([[0.1, 0.1, 0.4, 0.4], [0.5, 0.5, 0.9, 0.9]], np.float32)
+    probs = np.array([[0.7, 0.3], [0.9, 0.1]], np.float32)
+    deltas = np.zeros((2, 2, 4), np.float32)
+    meta = utils.compose_image_meta(0, (128, 128, 3), (128, 128, 3), (0, 0, 128, 128), 1.0,
+                                    np.ones(2))
+    inputs = [tf.constant(rois[None]), tf.constant(probs[None]), tf.constant(deltas[None]),
+              tf.constant(meta[None])]
+    std = [0.1, 0.1, 0.2, 0.2]
+    plain = L.DetectionLayer(4, 0.05, 0.3, std)(inputs).numpy()[0]
+    assert not plain.any()
+    fg = L.DetectionLayer(4, 0.05, 0.3, std, best_foreground=True)(inputs).numpy()[0]
+    np.testing.assert_allclose(fg[:2, 5], [0.3, 0.1], atol=1e-6)
+    np.testing.assert_array_equal(fg[:2, 4], [1, 1])
+    np.testing.assert_allclose(fg[:2, :4], rois, atol=1e-6)
+    assert not fg[2:].any()
+
+
 def test_detection_target_layer_positive_and_empty_images():
     gt = np.array([[[0.2, 0.2, 0.6, 0.6], [0, 0, 0, 0]], [[0, 0, 0, 0]] * 2], np.float32)
     gt_ids = np.array([[1, 0], [0, 0]], np.int32)

@@ -65,6 +65,7 @@ class Config:
     DETECTION_MAX_INSTANCES = 100
     DETECTION_MIN_CONFIDENCE = 0.7
     DETECTION_NMS_THRESHOLD = 0.3
+    DETECTION_BEST_FOREGROUND = False        # True: score = best object class even if background wins
 
     LEARNING_RATE = 0.001
     LEARNING_MOMENTUM = 0.9

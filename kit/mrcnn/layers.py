@@ -297,24 +297,30 @@ class DetectionLayer(GraphLayer):
     """Classified ROIs -> final detections [B, max_instances, 6], zero padded.
 
     Inputs: rois [B, N, 4] normalised, mrcnn_class [B, N, C] probabilities, mrcnn_bbox
-    [B, N, C, 4] deltas / BBOX_STD_DEV, image_meta [B, META]. Each ROI takes its best class;
+    [B, N, C, 4] deltas / BBOX_STD_DEV, image_meta [B, META]. Each ROI takes its best class
+    (Matterport), or with ``best_foreground`` its best non-background class even when background
+    is likelier (raw detections for offline threshold tuning: a 2-class ROI scores P(object));
     background and scores below ``min_confidence`` are dropped, boxes are refined and clipped
     to the image window, NMS runs per class, and the best ``max_instances`` remain, sorted by
     score. Rows: [y1, x1, y2, x2, class_id, score] normalised to the molded image.
     """
 
     def __init__(self, max_instances: int, min_confidence: float, nms_threshold: float,
-                 bbox_std_dev, **kwargs):
+                 bbox_std_dev, best_foreground: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.max_instances, self.min_confidence = int(max_instances), float(min_confidence)
+        self.best_foreground = bool(best_foreground)
         self.nms_threshold = float(nms_threshold)
         self.bbox_std_dev = [float(v) for v in bbox_std_dev]
 
     def _one_image(self, args):
         rois, probs, deltas, window = args
         rois = tf.reshape(rois, [-1, 4])
-        class_ids = tf.argmax(probs, axis=1, output_type=tf.int32)
-        scores = tf.reduce_max(probs, axis=1)
+        if self.best_foreground:
+            class_ids = tf.argmax(probs[:, 1:], axis=1, output_type=tf.int32) + 1
+        else:
+            class_ids = tf.argmax(probs, axis=1, output_type=tf.int32)
+        scores = tf.gather(probs, class_ids, batch_dims=1)
         deltas = tf.gather(deltas, class_ids, batch_dims=1) * tf.constant(self.bbox_std_dev)
         boxes = clip_boxes_graph(apply_box_deltas_graph(rois, deltas), window)
         keep = tf.where((class_ids > 0) & (scores >= self.min_confidence))[:, 0]
@@ -342,5 +348,5 @@ class DetectionLayer(GraphLayer):
     def get_config(self):
         return {**super().get_config(), "max_instances": self.max_instances,
                 "min_confidence": self.min_confidence, "nms_threshold": self.nms_threshold,
-                "bbox_std_dev": self.bbox_std_dev}
+                "bbox_std_dev": self.bbox_std_dev, "best_foreground": self.best_foreground}
 

@@ -88,7 +88,8 @@ def build_graph(mode: str, config: Config) -> tuple[list, list]:
             fc_layers_size=config.FPN_CLASSIF_FC_LAYERS_SIZE, **heads)
         detections = DetectionLayer(
             config.DETECTION_MAX_INSTANCES, config.DETECTION_MIN_CONFIDENCE,
-            config.DETECTION_NMS_THRESHOLD, config.BBOX_STD_DEV, name="mrcnn_detection")(
+            config.DETECTION_NMS_THRESHOLD, config.BBOX_STD_DEV,
+            best_foreground=config.DETECTION_BEST_FOREGROUND, name="mrcnn_detection")(
             [rpn_rois, mrcnn_class, mrcnn_bbox, input_image_meta])
         mrcnn_mask = build_fpn_mask_graph(
             SliceBoxes(name="detection_boxes")(detections), pool_size=config.MASK_POOL_SIZE,
