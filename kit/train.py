@@ -73,13 +73,14 @@ def init_weights(model, cfg: RunConfig, weights: Path | None) -> dict | None:
     """Initial weights by name: COCO without the class-specific heads, ImageNet, or none."""
     from kit.mrcnn import weights as W
 
+    download = Path("/kaggle/working").is_dir()    # only on Kaggle (internet on) do we fetch
     if cfg.init == "none":
         return None
     if cfg.init == "coco":
-        path = weights or W.coco_weights_path()
+        path = weights or W.coco_weights_path(download=download)
         return model.load_weights(str(path), by_name=True, exclude=COCO_HEAD_LAYERS)
     if cfg.init == "imagenet":
-        path = weights or W.imagenet_weights_path(cfg.backbone)
+        path = weights or W.imagenet_weights_path(cfg.backbone, download=download)
         return model.load_weights(str(path), by_name=True)
     return model.load_weights(cfg.init, by_name=True, exclude=COCO_HEAD_LAYERS)
 
