@@ -1,7 +1,11 @@
 """Mask R-CNN training: loss model, layer groups, callbacks; train() with the real MaskRCNN."""
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,3 +126,233 @@ def test_terminate_on_nan_names_epoch_batch_and_loss():
                                                  r".*learning rate \(now 0.02\)"):
         cb.on_train_batch_end(2, {"loss": float("nan"), "rpn_bbox_loss": float("inf"),
                                   "rpn_class_loss": 0.5})
+
+
+def test_mixed_precision_step_keeps_float32_losses_and_scales_the_loss():
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = _toy_model()
+        model.compile(optimizer=keras.optimizers.SGD(0.01, clipnorm=5.0), jit_compile=False)
+        history = model.fit(_ToyData(batches=2), epochs=1, verbose=0)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert model.get_layer("rpn_class_loss").compute_dtype == "float32"
+    assert model.get_layer("rpn_class_raw").compute_dtype == "float16"
+    assert all(w.dtype == "float32" for w in model.trainable_weights)
+    assert np.isfinite(history.history["loss"][0]) and history.history["rpn_bbox_loss"][0] > 0
+
+
+# ------------------------------------------------------------------ with the real MaskRCNN
+REPO = Path(__file__).resolve().parent.parent
+PRELUDE = f"""
+import os, sys, json
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path[:0] = [{str(REPO)!r}, {str(REPO / "tests")!r}]
+"""
+
+
+def _model_config(**overrides):
+    from test_mrcnn_data import TinyConfig
+
+    class ModelConfig(TinyConfig):
+        BACKBONE = "resnet50"
+        IMAGES_PER_GPU = 1
+        STEPS_PER_EPOCH = 2
+        VALIDATION_STEPS = 1
+        TRAIN_ROIS_PER_IMAGE = 16
+        POST_NMS_ROIS_TRAINING = 64
+        POST_NMS_ROIS_INFERENCE = 64
+        PRE_NMS_LIMIT = 256
+        FPN_CLASSIF_FC_LAYERS_SIZE = 32
+        TOP_DOWN_PYRAMID_SIZE = 32
+        POOL_SIZE = 7
+        MASK_POOL_SIZE = 7
+        MASK_SHAPE = [14, 14]
+        DETECTION_MAX_INSTANCES = 10
+
+    config = ModelConfig()
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config
+
+
+def _boxes_dataset(boxes):
+    from test_mrcnn_data import BoxDataset
+
+    return BoxDataset(boxes)
+
+
+def _run_python(code: str, *args: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter (own TF runtime) with ``args`` as sys.argv[1:]."""
+    return subprocess.run([sys.executable, "-c", PRELUDE + code, *args], capture_output=True,
+                          text=True, timeout=300, cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def mrcnn():
+    return pytest.importorskip("kit.mrcnn.model")
+
+
+def _snapshot(keras_model) -> dict[str, np.ndarray]:
+    return {w.path: np.array(w.numpy(), copy=True) for w in keras_model.weights}
+
+
+def test_heads_step_leaves_backbone_and_frozen_bn_bit_identical(mrcnn, tmp_path):
+    model = mrcnn.MaskRCNN("training", _model_config(STEPS_PER_EPOCH=1), tmp_path)
+    ds = _boxes_dataset([[(10, 10, 40, 30)], [(30, 8, 60, 40), (4, 40, 20, 60)]])
+    before = _snapshot(model.keras_model)
+    history = model.train(ds, None, 0.02, 1, "heads")
+    after = _snapshot(model.keras_model)
+    assert model.epoch == 1 and np.isfinite(history.history["loss"][0])
+    frozen = [p for p in before if re.match(r"(res\d|bn\d|conv1|bn_conv1)", p.split("/")[-2])
+              or "moving_" in p]
+    assert len(frozen) > 200
+    changed = [p for p in frozen if not np.array_equal(before[p], after[p])]
+    assert changed == []
+    # heads with a gradient on any batch (box/mask heads only learn from positive ROIs)
+    heads = [p for p in before if re.match(r"(mrcnn_class|rpn_|fpn_)", p.split("/")[-2])
+             and p.endswith("kernel")]
+    assert {p.split("/")[-2] for p in heads} >= {"fpn_c5p5", "fpn_p2", "rpn_conv_shared",
+                                                "rpn_class_raw", "mrcnn_class_logits"}
+    assert [p for p in heads if np.array_equal(before[p], after[p])] == []
+
+    # layer groups on the real model: trainable layers are exactly the group's
+    for group, must, must_not in [("heads", "mrcnn_class_logits", "res5a_branch2a"),
+                                  ("5+", "res5a_branch2a", "res4a_branch2a"),
+                                  ("4+", "res4f_branch2c", "res3a_branch2a"),
+                                  ("3+", "bn3d_branch2c", "res2a_branch2a"),
+                                  ("all", "conv1", None)]:
+        model.set_trainable(T.layer_regex(group))
+        names = {layer.name for layer in model.get_trainable_layers()}
+        assert must in names and must_not not in names, group
+        assert all(re.fullmatch(T.layer_regex(group), n) for n in names)
+
+
+KILL_MID_EPOCH = """
+import signal
+import keras
+from kit.mrcnn.model import MaskRCNN
+from test_mrcnn_training import _boxes_dataset, _model_config
+
+class KillInEpoch2(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+    def on_train_batch_end(self, batch, logs=None):
+        if self.epoch == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+ds = _boxes_dataset([[(10, 10, 40, 30)], []])
+model = MaskRCNN("training", _model_config(), sys.argv[1])
+model.train(ds, None, 0.02, 3, "heads", custom_callbacks=[KillInEpoch2()])
+"""
+
+
+def test_checkpoint_kill_resume_continues_at_next_epoch(mrcnn, tmp_path):
+    import h5py
+
+    proc = _run_python(KILL_MID_EPOCH, str(tmp_path))
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    model = mrcnn.MaskRCNN("training", _model_config(), tmp_path)
+    last = model.find_last()
+    assert last.endswith("mask_rcnn_tiny_0001.h5")
+    model.load_weights(last)
+    assert model.epoch == 1 and model.log_dir == str(Path(last).parent)
+
+    from kit.mrcnn.weights import save_weights
+
+    save_weights(model.keras_model, tmp_path / "reloaded.h5")
+
+    def datasets(path):
+        out = {}
+        with h5py.File(path, "r") as f:
+            f.visititems(lambda n, o: out.__setitem__(n, o[()]) if isinstance(o, h5py.Dataset)
+                         else None)
+        return out
+
+    saved, loaded = datasets(last), datasets(tmp_path / "reloaded.h5")
+    assert saved.keys() == loaded.keys() and len(saved) > 300
+    assert all(np.array_equal(saved[k], loaded[k]) for k in saved)
+
+    # the resumed epoch trains on images without boxes only: zero box/mask losses, no NaN
+    empty = _boxes_dataset([[], []])
+    history = model.train(empty, empty, 0.02, 2, "heads")
+    assert history.epoch == [1] and model.epoch == 2
+    for name in ("rpn_bbox_loss", "mrcnn_bbox_loss", "mrcnn_mask_loss"):
+        assert history.history[name] == [0.0] and history.history[f"val_{name}"] == [0.0]
+    assert history.history["rpn_class_loss"][0] > 0 and np.isfinite(history.history["loss"][0])
+    assert all(np.all(np.isfinite(w.numpy())) for w in model.keras_model.trainable_weights)
+    assert model.find_last().endswith("mask_rcnn_tiny_0002.h5")
+    rows = (Path(model.log_dir) / "history.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2"]
+    assert model.train(empty, empty, 0.02, 2, "heads") is None    # already there
+    model.set_log_dir(last)                                        # back to epoch 1
+    with pytest.raises(FileExistsError, match="0002.h5"):
+        model.train(empty, empty, 0.02, 2, "heads")
+
+
+MIRRORED = """
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from kit.mrcnn.model import MaskRCNN
+from test_mrcnn_training import _boxes_dataset, _model_config
+
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+config = _model_config(GPU_COUNT=2, IMAGES_PER_GPU=1, STEPS_PER_EPOCH=1)
+model = MaskRCNN("training", config, sys.argv[1], strategy=strategy)
+ds = _boxes_dataset([[(10, 10, 40, 30)], [], [(30, 8, 60, 40)]])
+h = model.train(ds, ds, 0.02, 1, "heads").history
+print(json.dumps({"replicas": model.strategy.num_replicas_in_sync,
+                  "history": {k: v[0] for k, v in h.items()}}))
+"""
+
+
+def test_mirrored_strategy_on_two_logical_cpus_runs_a_step(mrcnn, tmp_path):
+    proc = _run_python(MIRRORED, str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["replicas"] == 2
+    assert all(np.isfinite(v) for v in out["history"].values())
+    assert {"rpn_class_loss", "val_mrcnn_mask_loss"} <= set(out["history"])
+
+
+def _calibrate_frozen_bn(model, ds) -> None:
+    """Stand-in for pretrained BN statistics: set every BN's moving mean/variance to this data's.
+
+    A randomly initialised ResNet with frozen identity BN has activations in the 1e4s and
+    trains erratically; ImageNet/COCO weights never look like that. One training-mode forward
+    pass with momentum 0 copies the batch statistics into the moving ones, then BN is frozen again.
+    """
+    from kit.mrcnn.data import DataGenerator
+
+    bns = [layer for layer in model.keras_model.layers if hasattr(layer, "train_bn")]
+    assert len(bns) > 50
+    for layer in bns:
+        layer.train_bn, layer.momentum = True, 0.0
+    model.keras_model(DataGenerator(ds, model.config, shuffle=False)[0][0], training=True)
+    for layer in bns:
+        layer.train_bn, layer.momentum = False, 0.99
+
+
+@pytest.mark.slow
+def test_tiny_model_overfits_one_image_and_detect_finds_the_box(mrcnn, tmp_path):
+    from kit.mrcnn import utils
+
+    keras.utils.set_random_seed(0)
+    box = (16, 12, 44, 40)
+    config = _model_config(STEPS_PER_EPOCH=10, DETECTION_MIN_CONFIDENCE=0.5,
+                           ROI_POSITIVE_RATIO=0.5, RPN_NMS_THRESHOLD=0.9)
+    ds = _boxes_dataset([[box]])
+    model = mrcnn.MaskRCNN("training", config, tmp_path)
+    _calibrate_frozen_bn(model, ds)
+    loss = model.train(ds, None, 0.01, 15, "heads").history["loss"]
+    assert loss[-1] < 0.3 * loss[0], loss
+    infer = mrcnn.MaskRCNN("inference", config, tmp_path)
+    infer.load_weights(model.find_last())
+    result = infer.detect([ds.load_image(0)])[0]
+    assert len(result["rois"]) >= 1
+    iou = utils.compute_overlaps(result["rois"], np.array([box]))[:, 0]
+    assert iou.max() > 0.5, (result["rois"], result["scores"])
