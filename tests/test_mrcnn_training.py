@@ -203,7 +203,7 @@ def test_heads_step_leaves_backbone_and_frozen_bn_bit_identical(mrcnn, tmp_path)
     model = mrcnn.MaskRCNN("training", _model_config(STEPS_PER_EPOCH=1), tmp_path)
     ds = _boxes_dataset([[(10, 10, 40, 30)], [(30, 8, 60, 40), (4, 40, 20, 60)]])
     before = _snapshot(model.keras_model)
-    history = model.train(ds, None, 0.02, 1, "heads")
+    history = model.train(ds, None, 0.02, 1, "heads", workers=2)     # thread workers
     after = _snapshot(model.keras_model)
     assert model.epoch == 1 and np.isfinite(history.history["loss"][0])
     frozen = [p for p in before if re.match(r"(res\d|bn\d|conv1|bn_conv1)", p.split("/")[-2])
@@ -277,7 +277,7 @@ def test_checkpoint_kill_resume_continues_at_next_epoch(mrcnn, tmp_path):
 
     # the resumed epoch trains on images without boxes only: zero box/mask losses, no NaN
     empty = _boxes_dataset([[], []])
-    history = model.train(empty, empty, 0.02, 2, "heads")
+    history = model.train(empty, empty, 0.02, 2, "heads", workers=2)
     assert history.epoch == [1] and model.epoch == 2
     for name in ("rpn_bbox_loss", "mrcnn_bbox_loss", "mrcnn_mask_loss"):
         assert history.history[name] == [0.0] and history.history[f"val_{name}"] == [0.0]

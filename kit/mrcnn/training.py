@@ -215,6 +215,8 @@ def train(model: Any, train_dataset: Any, val_dataset: Any | None, learning_rate
         optimizer = keras.optimizers.SGD(learning_rate=learning_rate,
                                          momentum=config.LEARNING_MOMENTUM,
                                          clipnorm=config.GRADIENT_CLIP_NORM)
+        if config.MIXED_PRECISION:     # dynamic loss scaling keeps float16 gradients alive
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         model.keras_model.compile(optimizer=optimizer, jit_compile=False)
     history = model.keras_model.fit(train_gen, initial_epoch=model.epoch, epochs=epochs,
                                     validation_data=val_gen, callbacks=callbacks, shuffle=False)
