@@ -115,7 +115,10 @@ def train(preset: str | None = None, data_dir: Path | None = None,
     print(f"train: {cfg.name} on {cfg.data_dir}: {len(train_ids)} train / {len(val_ids)} val "
           f"images at {cfg.image_size} px, {cfg.backbone}, {cfg.total_epochs} epochs")
 
-    mcfg = cfg.mrcnn_config()
+    import tensorflow as tf
+
+    gpus = len(tf.config.list_physical_devices("GPU"))
+    mcfg = cfg.mrcnn_config(gpu_count=max(gpus, 1))   # MirroredStrategy over >1 GPU
     if not cfg.steps_per_epoch:     # 0: one pass over the images per epoch
         mcfg.STEPS_PER_EPOCH = max(1, len(train_ids) // mcfg.BATCH_SIZE)
     if not cfg.validation_steps:
