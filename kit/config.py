@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,8 @@ class RunConfig:
     detection_nms_threshold: float = 0.1
     rpn_nms_threshold: float = 0.7
     weight_decay: float = 0.0001
-    train_bn: bool = False
+    train_bn: bool = False                  # True for training from scratch (no init weights)
+    bn_momentum: float = 0.99               # with train_bn: 0.9 lets short runs' statistics catch up
     mini_mask: bool = True
     tta: str = "flip"                       # none | flip (horizontal flip, boxes fused by WBF)
     workers: int = 2
@@ -186,7 +187,7 @@ class RunConfig:
             DETECTION_BEST_FOREGROUND=True,     # raw detections: P(opacity) for every ROI
             RPN_NMS_THRESHOLD=self.rpn_nms_threshold,
             LEARNING_RATE=self.learning_rate, WEIGHT_DECAY=self.weight_decay,
-            TRAIN_BN=self.train_bn, USE_MINI_MASK=self.mini_mask,
+            TRAIN_BN=self.train_bn, BN_MOMENTUM=self.bn_momentum, USE_MINI_MASK=self.mini_mask,
             MIXED_PRECISION=self.mixed_precision, TRAIN_ON_EMPTY_IMAGES=True,
         )
         if self.steps_per_epoch:
@@ -225,12 +226,14 @@ PRESETS: dict[str, RunConfig] = {
     # the CPU demo on the embedded synthetic data (no COCO weights offline: from scratch)
     "demo": RunConfig(
         name="demo", image_size=128, init="none",
-        stages=(Stage("all", 6), Stage("all", 2, 0.1, True)),
+        stages=(Stage("all", 10), Stage("all", 2, 0.1, True)),
         learning_rate=0.01, images_per_gpu=4, steps_per_epoch=40, validation_steps=5, n_val=80,
-        rpn_anchor_scales=(8, 16, 32, 64, 128), train_rois_per_image=32,
+        rpn_anchor_scales=(8, 16, 32, 64, 128), train_rois_per_image=16,
         rpn_train_anchors_per_image=64, pre_nms_limit=1000, post_nms_rois_training=200,
-        post_nms_rois_inference=200, detection_max_instances=6, workers=2,
-        notes="CPU demo: 128 px, all layers from scratch, then a short augmented stage"),
+        post_nms_rois_inference=200, detection_max_instances=6, train_bn=True, bn_momentum=0.9,
+        top_down_pyramid_size=128, fc_layers_size=256, mask_pool_size=7, workers=2,
+        notes="CPU demo: 128 px, narrow heads, all layers from scratch with trained BatchNorm, "
+              "then a short augmented stage"),
     "r50-heads": _study("resnet50", augment=False),
     "r50-all-aug": _study("resnet50", augment=True),
     "r101-heads": _study("resnet101", augment=False),

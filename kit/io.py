@@ -55,3 +55,28 @@ def save_figure(path: str | os.PathLike, fig: "Any", **kwargs: Any) -> None:
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+def read_csv(path: str | os.PathLike, columns: "tuple[str, ...] | list[str]" = (), *,
+             not_found: str = "file not found", **kwargs: Any) -> "Any":
+    """A CSV as a pandas DataFrame, or a one-line KitError naming the file (and row/field).
+
+    ``not_found`` says what to run when the file is missing; every name in ``columns`` must be
+    in the header (row 1). Extra keyword arguments go to ``pandas.read_csv``.
+    """
+    import pandas as pd
+
+    from kit.errors import KitError
+
+    path = Path(path)
+    if not path.is_file():
+        raise KitError(not_found, path=path)
+    try:
+        df = pd.read_csv(path, **kwargs)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise KitError(f"not a readable CSV ({str(exc).splitlines()[0]})", path=path) from None
+    for column in columns:
+        if column not in df.columns:
+            raise KitError(f"missing column; the header must contain {','.join(columns)}",
+                           path=path, row=1, field=column)
+    return df

@@ -17,6 +17,7 @@ import pandas as pd
 
 from kit import paths
 from kit.errors import KitError
+from kit.io import read_csv
 
 BOX_FIELDS = ["x", "y", "width", "height"]
 LABEL_COLUMNS = ["patientId", *BOX_FIELDS, "Target"]
@@ -27,16 +28,8 @@ _HOW_TO_GET = "run `make data` (real Kaggle data) or `make demo-data` (synthetic
 def _read_raw(path: str | Path, required: list[str]) -> pd.DataFrame:
     """A CSV as strings ("" for empty cells) with its required columns checked."""
     path = Path(path)
-    if not path.is_file():
-        raise KitError(f"file not found: {_HOW_TO_GET}", path=path)
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise KitError(f"not a readable CSV ({str(exc).splitlines()[0]})", path=path) from None
-    for column in required:
-        if column not in df.columns:
-            raise KitError(f"missing column; the header must contain {', '.join(required)}",
-                           path=path, row=1, field=column)
+    df = read_csv(path, required, not_found=f"file not found: {_HOW_TO_GET}", dtype=str,
+                  keep_default_na=False, na_filter=False)
     df = df[required].copy()
     for column in required:
         df[column] = df[column].astype(object).str.strip()

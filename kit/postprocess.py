@@ -25,7 +25,7 @@ import pandas as pd
 
 from kit import paths
 from kit.errors import KitError
-from kit.io import write_json
+from kit.io import read_csv, write_json
 from kit.metric import iou_matrix, rank_order
 from kit.runs import RAW_COLUMNS
 
@@ -152,16 +152,8 @@ def read_raw(path: str | Path) -> pd.DataFrame:
     Scores must lie in [0, 1], w and h must be > 0, and each box must overlap the 1024-px frame.
     """
     path = Path(path)
-    if not path.is_file():
-        raise KitError("raw detections not found: run `python -m kit predict` first", path=path)
-    try:
-        raw = pd.read_csv(path, dtype={"patientId": str}, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise KitError(f"not a readable CSV ({str(exc).splitlines()[0]})", path=path) from None
-    for column in RAW_COLUMNS:
-        if column not in raw.columns:
-            raise KitError(f"missing column; the header must be {','.join(RAW_COLUMNS)}",
-                           path=path, row=1, field=column)
+    raw = read_csv(path, RAW_COLUMNS, dtype={"patientId": str}, keep_default_na=False,
+                   not_found="raw detections not found: run `python -m kit predict` first")
     raw = raw[RAW_COLUMNS].copy()
 
     def fail(bad: np.ndarray, field: str, message: str) -> None:
@@ -186,15 +178,8 @@ def read_raw(path: str | Path) -> pd.DataFrame:
 def read_ids(path: str | Path) -> list[str]:
     """patientIds of a one-column CSV such as runs/<run>/val_ids.csv (header ``patientId``)."""
     path = Path(path)
-    if not path.is_file():
-        raise KitError("id list not found", path=path)
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise KitError(f"not a readable CSV ({str(exc).splitlines()[0]})", path=path) from None
-    if "patientId" not in df.columns:
-        raise KitError("missing column; the header must contain patientId", path=path, row=1,
-                       field="patientId")
+    df = read_csv(path, ["patientId"], not_found="id list not found", dtype=str,
+                  keep_default_na=False)
     ids = df["patientId"].str.strip()
     bad = (ids == "") | ids.duplicated()
     if bad.any():

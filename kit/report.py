@@ -31,7 +31,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from kit import paths  # noqa: E402
 from kit.config import RunConfig  # noqa: E402
 from kit.errors import KitError  # noqa: E402
-from kit.io import save_figure, write_text  # noqa: E402
+from kit.io import read_csv, save_figure, write_text  # noqa: E402
 from kit.runs import resolve_run  # noqa: E402
 
 IOUS = (0.25, 0.5, 0.75)
@@ -290,10 +290,7 @@ def config_summary(cfg: RunConfig) -> str:
 
 def read_history(path: Path) -> pd.DataFrame:
     """Keras' CSV training log (KitError when unreadable)."""
-    try:
-        return pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise KitError(f"not a readable CSV ({str(exc).splitlines()[0]})", path=path) from None
+    return read_csv(path, not_found="training log not found")
 
 
 def _make_picture(out: Path, draw, missing: str | None) -> str | None:

@@ -14,7 +14,7 @@ import pandas as pd
 
 from kit import paths
 from kit.errors import KitError
-from kit.io import write_csv
+from kit.io import read_csv, write_csv
 from kit.labels import read_labels
 from kit.paths import default_data_dir
 
@@ -59,12 +59,8 @@ def split_patients(labels_df: pd.DataFrame, n_val: int = 1500,
 def read_split(path: str | Path) -> tuple[list[str], list[str]]:
     """(train_ids, val_ids) from a split CSV written by ``split``."""
     path = Path(path)
-    if not path.is_file():
-        raise KitError("split file not found: run `python -m kit split`", path=path)
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    for column in ("patientId", "split"):
-        if column not in df.columns:
-            raise KitError("missing column; expected patientId,split", path=path, row=1, field=column)
+    df = read_csv(path, ("patientId", "split"), dtype=str, keep_default_na=False,
+                  not_found="split file not found: run `python -m kit split`")
     bad = ~df["split"].isin(["train", "val"])
     if bad.any():
         raise KitError("split must be train or val", path=path, row=int(np.flatnonzero(bad)[0]) + 2,

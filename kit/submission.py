@@ -19,7 +19,7 @@ import pandas as pd
 
 from kit import paths
 from kit.errors import KitError
-from kit.io import write_csv
+from kit.io import read_csv, write_csv
 
 COLUMNS = ["patientId", "PredictionString"]
 CONF_DECIMALS, COORD_DECIMALS = 4, 1
@@ -51,12 +51,8 @@ def write_submission(path: str | Path, preds: Preds, patient_ids: Sequence[str])
 
 
 def _load(path: Path) -> pd.DataFrame:
-    if not Path(path).is_file():
-        raise KitError("submission not found", path=path)
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise KitError(f"not a readable CSV ({str(exc).splitlines()[0]})", path=path) from None
+    df = read_csv(path, not_found="submission not found", dtype=str, keep_default_na=False,
+                  na_filter=False)
     if list(df.columns) != COLUMNS:
         raise KitError(f"the header must be exactly {','.join(COLUMNS)} (got "
                        f"{','.join(map(str, df.columns))})", path=path, row=1)

@@ -34,40 +34,45 @@ class BatchNorm(KL.BatchNormalization):
 
 
 def _block(x, kernel_size: int, filters: tuple[int, int, int], stage: int, block: str,
-           train_bn: bool, strides: int | None = None):
+           train_bn: bool, strides: int | None = None, bn_momentum: float = 0.99):
     """Bottleneck block; with ``strides`` it is a conv block (projection shortcut)."""
     conv, bn = f"res{stage}{block}_branch", f"bn{stage}{block}_branch"
     f1, f2, f3 = filters
     shortcut = x
     y = KL.Conv2D(f1, 1, strides=strides or 1, name=conv + "2a")(x)
-    y = KL.Activation("relu")(BatchNorm(train_bn, name=bn + "2a")(y))
+    y = KL.Activation("relu")(BatchNorm(train_bn, momentum=bn_momentum, name=bn + "2a")(y))
     y = KL.Conv2D(f2, kernel_size, padding="same", name=conv + "2b")(y)
-    y = KL.Activation("relu")(BatchNorm(train_bn, name=bn + "2b")(y))
+    y = KL.Activation("relu")(BatchNorm(train_bn, momentum=bn_momentum, name=bn + "2b")(y))
     y = KL.Conv2D(f3, 1, name=conv + "2c")(y)
-    y = BatchNorm(train_bn, name=bn + "2c")(y)
+    y = BatchNorm(train_bn, momentum=bn_momentum, name=bn + "2c")(y)
     if strides is not None:
         shortcut = KL.Conv2D(f3, 1, strides=strides, name=conv + "1")(x)
-        shortcut = BatchNorm(train_bn, name=bn + "1")(shortcut)
+        shortcut = BatchNorm(train_bn, momentum=bn_momentum, name=bn + "1")(shortcut)
     y = KL.Add()([y, shortcut])
     return KL.Activation("relu", name=f"res{stage}{block}_out")(y)
 
 
-def resnet_graph(input_image, architecture: str, train_bn: bool = False) -> list:
-    """[C1, C2, C3, C4, C5] feature maps (strides 2, 4, 8, 16, 32) of a ResNet."""
+def resnet_graph(input_image, architecture: str, train_bn: bool = False,
+                 bn_momentum: float = 0.99) -> list:
+    """[C1, C2, C3, C4, C5] feature maps (strides 2, 4, 8, 16, 32) of a ResNet.
+
+    ``bn_momentum`` matters only with ``train_bn``: lower it (e.g. 0.9) for short runs from
+    scratch so the moving statistics used at inference catch up with the weights.
+    """
     if architecture not in STAGE4_BLOCKS:
         raise ValueError(f"backbone {architecture!r}: choose one of {list(STAGE4_BLOCKS)}")
     x = KL.ZeroPadding2D(3)(input_image)
     x = KL.Conv2D(64, 7, strides=2, name="conv1")(x)
-    x = KL.Activation("relu")(BatchNorm(train_bn, name="bn_conv1")(x))
+    x = KL.Activation("relu")(BatchNorm(train_bn, momentum=bn_momentum, name="bn_conv1")(x))
     c1 = x = KL.MaxPooling2D(3, strides=2, padding="same")(x)
     stages = [(2, (64, 64, 256), 2, 1), (3, (128, 128, 512), 3, 2),
               (4, (256, 256, 1024), STAGE4_BLOCKS[architecture], 2),
               (5, (512, 512, 2048), 2, 2)]
     outputs = [c1]
     for stage, filters, identity_blocks, strides in stages:
-        x = _block(x, 3, filters, stage, "a", train_bn, strides=strides)
+        x = _block(x, 3, filters, stage, "a", train_bn, strides=strides, bn_momentum=bn_momentum)
         for i in range(identity_blocks):
-            x = _block(x, 3, filters, stage, chr(ord("b") + i), train_bn)
+            x = _block(x, 3, filters, stage, chr(ord("b") + i), train_bn, bn_momentum=bn_momentum)
         outputs.append(x)
     return outputs
 

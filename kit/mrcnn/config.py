@@ -79,6 +79,7 @@ class Config:
     }
     USE_RPN_ROIS = True
     TRAIN_BN = False                         # False: BatchNorm moving statistics stay frozen
+    BN_MOMENTUM = 0.99                       # moving-statistics momentum (used with TRAIN_BN)
     GRADIENT_CLIP_NORM = 5.0
 
     # RSNA additions

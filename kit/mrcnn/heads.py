@@ -33,7 +33,7 @@ def build_rpn_model(anchor_stride: int, anchors_per_location: int, depth: int) -
 
 def fpn_classifier_graph(rois, feature_maps: list, image_meta, pool_size: int,
                          num_classes: int, num_rois: int, train_bn: bool,
-                         fc_layers_size: int = 1024):
+                         fc_layers_size: int = 1024, bn_momentum: float = 0.99):
     """Classifier and box regressor on ROIs [B, N, 4] (normalised).
 
     Returns mrcnn_class_logits [B, N, C], mrcnn_class [B, N, C] (softmax),
@@ -43,9 +43,9 @@ def fpn_classifier_graph(rois, feature_maps: list, image_meta, pool_size: int,
         [rois, image_meta, *feature_maps])
     x = MergeROIs(name="mrcnn_class_merge")(x)
     x = KL.Conv2D(fc_layers_size, pool_size, padding="valid", name="mrcnn_class_conv1")(x)
-    x = KL.Activation("relu")(BatchNorm(train_bn, name="mrcnn_class_bn1")(x))
+    x = KL.Activation("relu")(BatchNorm(train_bn, momentum=bn_momentum, name="mrcnn_class_bn1")(x))
     x = KL.Conv2D(fc_layers_size, 1, name="mrcnn_class_conv2")(x)
-    x = KL.Activation("relu")(BatchNorm(train_bn, name="mrcnn_class_bn2")(x))
+    x = KL.Activation("relu")(BatchNorm(train_bn, momentum=bn_momentum, name="mrcnn_class_bn2")(x))
     shared = KL.Reshape((fc_layers_size,), name="pool_squeeze")(x)
     logits = KL.Dense(num_classes, name="mrcnn_class_logits")(shared)
     probs = KL.Activation("softmax", name="mrcnn_class_softmax")(logits)
@@ -57,14 +57,15 @@ def fpn_classifier_graph(rois, feature_maps: list, image_meta, pool_size: int,
 
 
 def build_fpn_mask_graph(rois, feature_maps: list, image_meta, pool_size: int,
-                         num_classes: int, num_rois: int, train_bn: bool):
+                         num_classes: int, num_rois: int, train_bn: bool,
+                         bn_momentum: float = 0.99):
     """Mask head on ROIs [B, N, 4] -> masks [B, N, 2*pool, 2*pool, C] (sigmoid)."""
     x = PyramidROIAlign([pool_size, pool_size], name="roi_align_mask")(
         [rois, image_meta, *feature_maps])
     x = MergeROIs(name="mrcnn_mask_merge")(x)
     for i in range(1, 5):
         x = KL.Conv2D(256, 3, padding="same", name=f"mrcnn_mask_conv{i}")(x)
-        x = KL.Activation("relu")(BatchNorm(train_bn, name=f"mrcnn_mask_bn{i}")(x))
+        x = KL.Activation("relu")(BatchNorm(train_bn, momentum=bn_momentum, name=f"mrcnn_mask_bn{i}")(x))
     x = KL.Conv2DTranspose(256, 2, strides=2, activation="relu", name="mrcnn_mask_deconv")(x)
     x = KL.Conv2D(num_classes, 1, activation="sigmoid", name="mrcnn_mask")(x)
     return SplitROIs(num_rois, name="mrcnn_mask_split")(x)

@@ -50,7 +50,8 @@ class SliceBoxes(KL.Layer):
 
 def _pyramid(config: Config, input_image) -> tuple[list, list]:
     """Backbone + FPN: (RPN feature maps P2..P6, head feature maps P2..P5)."""
-    _, c2, c3, c4, c5 = resnet_graph(input_image, config.BACKBONE, train_bn=config.TRAIN_BN)
+    _, c2, c3, c4, c5 = resnet_graph(input_image, config.BACKBONE, train_bn=config.TRAIN_BN,
+                                     bn_momentum=config.BN_MOMENTUM)
     p = fpn_graph(c2, c3, c4, c5, config.TOP_DOWN_PYRAMID_SIZE)
     return p, p[:4]
 
@@ -81,7 +82,8 @@ def build_graph(mode: str, config: Config) -> tuple[list, list]:
         config.RPN_NMS_THRESHOLD, config.PRE_NMS_LIMIT, config.RPN_BBOX_STD_DEV,
         name="ROI")([rpn_class, rpn_bbox, anchors])
     heads = dict(feature_maps=head_maps, image_meta=input_image_meta,
-                 num_classes=config.NUM_CLASSES, train_bn=config.TRAIN_BN)
+                 num_classes=config.NUM_CLASSES, train_bn=config.TRAIN_BN,
+                 bn_momentum=config.BN_MOMENTUM)
     if not training:
         logits, mrcnn_class, mrcnn_bbox = fpn_classifier_graph(
             rpn_rois, pool_size=config.POOL_SIZE, num_rois=config.POST_NMS_ROIS_INFERENCE,
