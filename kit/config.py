@@ -57,6 +57,7 @@ class RunConfig:
     train_bn: bool = False                  # True for training from scratch (no init weights)
     bn_momentum: float = 0.99               # with train_bn: 0.9 lets short runs' statistics catch up
     mini_mask: bool = True
+    keep_checkpoints: int = 2               # newest epoch checkpoints kept (0: all, as Matterport)
     tta: str = "flip"                       # none | flip (horizontal flip, boxes fused by WBF)
     workers: int = 2
     mixed_precision: bool = False
@@ -188,7 +189,7 @@ class RunConfig:
             RPN_NMS_THRESHOLD=self.rpn_nms_threshold,
             LEARNING_RATE=self.learning_rate, WEIGHT_DECAY=self.weight_decay,
             TRAIN_BN=self.train_bn, BN_MOMENTUM=self.bn_momentum, USE_MINI_MASK=self.mini_mask,
-            MIXED_PRECISION=self.mixed_precision, TRAIN_ON_EMPTY_IMAGES=True,
+            MIXED_PRECISION=self.mixed_precision, KEEP_CHECKPOINTS=self.keep_checkpoints, TRAIN_ON_EMPTY_IMAGES=True,
         )
         if self.steps_per_epoch:
             attrs["STEPS_PER_EPOCH"] = self.steps_per_epoch
@@ -221,7 +222,7 @@ PRESETS: dict[str, RunConfig] = {
         learning_rate=0.002, images_per_gpu=2, steps_per_epoch=1, validation_steps=1, n_val=4,
         rpn_anchor_scales=(8, 16, 32, 64, 128), train_rois_per_image=8,
         rpn_train_anchors_per_image=32, pre_nms_limit=200, post_nms_rois_training=50,
-        post_nms_rois_inference=50, detection_max_instances=5, workers=1,
+        post_nms_rois_inference=50, detection_max_instances=5, workers=1, keep_checkpoints=1,
         notes="test preset: 64 px, one step per stage"),
     # the CPU demo on the embedded synthetic data (no COCO weights offline: from scratch)
     "demo": RunConfig(

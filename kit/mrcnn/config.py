@@ -25,6 +25,7 @@ class Config:
     IMAGES_PER_GPU = 2
     STEPS_PER_EPOCH = 1000
     VALIDATION_STEPS = 50
+    KEEP_CHECKPOINTS = 0                     # keep only the newest N epoch checkpoints (0: all)
 
     BACKBONE = "resnet101"                   # "resnet50" | "resnet101"
     BACKBONE_STRIDES = [4, 8, 16, 32, 64]    # px of the molded image per feature cell, P2..P6

@@ -103,16 +103,24 @@ def _scale_for_replicas(value: Any) -> Any:
 
 
 class Checkpoint(keras.callbacks.Callback):
-    """Save the weights after every epoch through kit.mrcnn.weights.save_weights (atomic)."""
+    """Save the weights after every epoch through kit.mrcnn.weights.save_weights (atomic).
 
-    def __init__(self, keras_model: keras.Model, path_template: str):
+    ``keep_last`` > 0 deletes this run's checkpoints older than the newest ``keep_last``
+    (0 keeps every epoch, as Matterport does).
+    """
+
+    def __init__(self, keras_model: keras.Model, path_template: str, keep_last: int = 0):
         super().__init__()
         self.keras_model, self.path_template = keras_model, path_template
+        self.keep_last = int(keep_last)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         from kit.mrcnn.weights import save_weights
 
         save_weights(self.keras_model, self.path_template.format(epoch=epoch + 1))
+        if self.keep_last > 0:
+            for old in range(1, epoch + 2 - self.keep_last):
+                Path(self.path_template.format(epoch=old)).unlink(missing_ok=True)
 
 
 class HistoryCSV(keras.callbacks.Callback):
@@ -204,7 +212,7 @@ def train(model: Any, train_dataset: Any, val_dataset: Any | None, learning_rate
     Path(model.log_dir).mkdir(parents=True, exist_ok=True)
     callbacks = [
         TerminateOnNaN(f"load_weights(find_last()) in {model.log_dir}", learning_rate),
-        Checkpoint(model.keras_model, model.checkpoint_path),
+        Checkpoint(model.keras_model, model.checkpoint_path, config.KEEP_CHECKPOINTS),
         HistoryCSV(Path(model.log_dir) / "history.csv"),
         *(custom_callbacks or []),
     ]
