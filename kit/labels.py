@@ -144,7 +144,8 @@ def summarize(labels_df: pd.DataFrame, classes_df: pd.DataFrame | None = None) -
 
 def add_labels_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, default=None,
-                        help="data folder in Kaggle's layout (default: data/rsna if present, else data/demo)")
+                        help="data folder in Kaggle's layout (default: the folder of --labels, else "
+                             "data/rsna if present, else data/demo)")
     parser.add_argument("--labels", type=Path, default=None,
                         help=f"label CSV (default: DATA/{paths.TRAIN_LABELS})")
     parser.add_argument("--classes", type=Path, default=None,
@@ -153,7 +154,8 @@ def add_labels_args(parser: argparse.ArgumentParser) -> None:
 
 
 def run_labels(args: argparse.Namespace) -> int:
-    data = args.data or paths.default_data_dir()
+    # the class and sample files are looked for beside the labels unless --data says otherwise
+    data = args.data or (args.labels.parent if args.labels else paths.default_data_dir())
     labels = read_labels(args.labels or data / paths.TRAIN_LABELS)
     classes_path = args.classes or data / paths.CLASS_INFO
     classes = None

@@ -106,3 +106,14 @@ def test_real_labels_counts(real_rsna, capsys):
     assert out["classes"] == {"No Lung Opacity / Not Normal": 11821, "Normal": 8851,
                               "Lung Opacity": 6012}
     assert out["test_images"] == 3000
+
+
+def test_labels_alone_finds_class_and_sample_files_beside_it(real_rsna, tmp_path, monkeypatch,
+                                                            capsys):
+    """`--labels FILE` without --data reads the class/sample files next to FILE, not data/."""
+    monkeypatch.chdir(tmp_path)     # no data/ folder here to fall back on
+    assert cli.main(["labels", "--labels", str(real_rsna / "stage_2_train_labels.csv"),
+                     "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["test_images"] == 3000
+    assert out["classes"]["Lung Opacity"] == 6012
