@@ -19,7 +19,7 @@ LABELS_ARG := $(if $(LABELS),--labels $(LABELS))
 
 .PHONY: help setup test submission data demo-data labels prepare train predict tune submit \
         validate score leaderboard report kernels kernels-push kernels-status kernels-output \
-        kaggle-scores bench clean
+        kaggle-scores bench bench-peers clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/' | expand -t 16
@@ -90,8 +90,11 @@ kernels-output: $(STAMP) ## download kernel NAME's outputs into runs/
 kaggle-scores: $(STAMP) ## public/private scores of our Kaggle submissions
 	$(PY) -m kit kaggle-scores
 
-bench: $(STAMP) ## benchmarks (JSON on stdout)
+bench: $(STAMP) ## benchmarks (JSON on stdout; the torchvision comparison needs bench-peers)
 	$(PY) bench/run.py
+
+bench-peers: ## torch + torchvision for bench/compare.py, in .bench/venv (never in .venv)
+	$(PYTHON) -m venv .bench/venv && .bench/venv/bin/pip install -q -r bench/requirements.txt
 
 clean: ## remove .venv (data/, runs/ and submissions/ are kept)
 	rm -rf $(VENV)
