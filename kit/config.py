@@ -33,6 +33,7 @@ class RunConfig:
     init: str = "coco"                      # coco | imagenet | none | path to a .h5 file
     stages: tuple[Stage, ...] = (Stage("heads", 2), Stage("all", 4, 0.1, True))
     learning_rate: float = 0.006
+    optimizer: str = "sgd"                  # sgd (Matterport, momentum 0.9) | adam
     images_per_gpu: int = 8
     steps_per_epoch: int = 0                # 0: one pass over the training images
     validation_steps: int = 0               # 0: one pass over the validation images
@@ -156,6 +157,8 @@ class RunConfig:
             raise KitError(f"backbone {self.backbone!r}: choose resnet50 or resnet101")
         if len(self.rpn_anchor_scales) != 5:
             raise KitError("rpn_anchor_scales needs one scale per pyramid level (5: P2..P6)")
+        if self.optimizer not in ("sgd", "adam"):
+            raise KitError(f"optimizer {self.optimizer!r}: choose sgd or adam")
         if self.tta not in ("none", "flip"):
             raise KitError(f"tta {self.tta!r}: choose none or flip")
         if not self.stages:
@@ -187,7 +190,7 @@ class RunConfig:
             DETECTION_NMS_THRESHOLD=self.detection_nms_threshold,
             DETECTION_BEST_FOREGROUND=True,     # raw detections: P(opacity) for every ROI
             RPN_NMS_THRESHOLD=self.rpn_nms_threshold,
-            LEARNING_RATE=self.learning_rate, WEIGHT_DECAY=self.weight_decay,
+            LEARNING_RATE=self.learning_rate, OPTIMIZER=self.optimizer.upper(), WEIGHT_DECAY=self.weight_decay,
             TRAIN_BN=self.train_bn, BN_MOMENTUM=self.bn_momentum, USE_MINI_MASK=self.mini_mask,
             MIXED_PRECISION=self.mixed_precision, KEEP_CHECKPOINTS=self.keep_checkpoints, TRAIN_ON_EMPTY_IMAGES=True,
         )

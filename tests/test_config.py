@@ -39,6 +39,9 @@ def test_overrides_parse_types_and_reject_unknown_keys():
         get_preset("tiny", ["image_size=100"])
     with pytest.raises(KitError, match="unknown preset"):
         get_preset("huge")
+    with pytest.raises(KitError, match="choose sgd or adam"):
+        get_preset("tiny", ["optimizer=rmsprop"])
+    assert get_preset("tiny", ["optimizer=adam"]).mrcnn_config().OPTIMIZER == "ADAM"
 
 
 def test_stage_override_from_json():

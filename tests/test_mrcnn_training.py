@@ -74,6 +74,20 @@ def test_layer_groups_select_the_expected_layers():
         T.layer_regex("res5(")
 
 
+@pytest.mark.parametrize("name,cls,mixed", [("SGD", "SGD", False), ("ADAM", "Adam", False),
+                                             ("ADAM", "LossScaleOptimizer", True)])
+def test_make_optimizer_follows_config(name, cls, mixed):
+    config = type("C", (), dict(OPTIMIZER=name, LEARNING_MOMENTUM=0.8, GRADIENT_CLIP_NORM=3.0,
+                                MIXED_PRECISION=mixed))()
+    opt = T.make_optimizer(config, 0.02)
+    assert type(opt).__name__ == cls
+    inner = opt.inner_optimizer if mixed else opt
+    assert float(inner.learning_rate) == pytest.approx(0.02)
+    assert inner.clipnorm == 3.0
+    if name == "SGD":
+        assert inner.momentum == 0.8
+
+
 def test_l2_skips_gamma_beta_and_matches_numpy():
     model = _toy_model(weight_decay=0.01)
     want = 0.01 * sum(np.mean(np.square(w.numpy())) for w in model.trainable_weights

@@ -40,6 +40,7 @@ def test_derived_values_follow_fields():
     ("NUM_CLASSES", 1, "NUM_CLASSES"),
     ("RPN_ANCHOR_SCALES", (32, 64, 128), "one anchor scale per level"),
     ("BACKBONE", "vgg", "BACKBONE"),
+    ("OPTIMIZER", "rmsprop", "OPTIMIZER"),
 ])
 def test_validate_rejects(field, value, words):
     cfg = Tiny()

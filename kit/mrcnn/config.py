@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 RESIZE_MODES = ("none", "square", "pad64", "crop")
+OPTIMIZERS = ("SGD", "ADAM")
 BACKBONES = ("resnet50", "resnet101")
 _DERIVED = ("BATCH_SIZE", "IMAGE_SHAPE", "IMAGE_META_SIZE", "BACKBONE_SHAPES")
 
@@ -82,6 +83,7 @@ class Config:
     TRAIN_BN = False                         # False: BatchNorm moving statistics stay frozen
     BN_MOMENTUM = 0.99                       # moving-statistics momentum (used with TRAIN_BN)
     GRADIENT_CLIP_NORM = 5.0
+    OPTIMIZER = "SGD"                        # SGD (Matterport: momentum LEARNING_MOMENTUM) | ADAM
 
     # RSNA additions
     TRAIN_ON_EMPTY_IMAGES = True             # keep images without boxes in training batches
@@ -133,6 +135,8 @@ class Config:
         if self.IMAGE_RESIZE_MODE not in RESIZE_MODES:
             raise ValueError(f"IMAGE_RESIZE_MODE={self.IMAGE_RESIZE_MODE!r}: choose one of "
                              f"{RESIZE_MODES}")
+        if self.OPTIMIZER not in OPTIMIZERS:
+            raise ValueError(f"OPTIMIZER={self.OPTIMIZER!r}: choose one of {OPTIMIZERS}")
         if set(self.LOSS_WEIGHTS) != set(Config.LOSS_WEIGHTS):
             raise ValueError(f"LOSS_WEIGHTS keys must be {sorted(Config.LOSS_WEIGHTS)}")
         return self

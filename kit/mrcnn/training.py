@@ -176,6 +176,21 @@ def _existing_checkpoints(template: str, first: int, last: int) -> list[str]:
             if Path(p).exists()]
 
 
+def make_optimizer(config: Any, learning_rate: float) -> keras.optimizers.Optimizer:
+    """config.OPTIMIZER: SGD(momentum LEARNING_MOMENTUM) or Adam, both clipped to
+    GRADIENT_CLIP_NORM; wrapped in dynamic loss scaling under MIXED_PRECISION."""
+    if config.OPTIMIZER == "ADAM":
+        optimizer = keras.optimizers.Adam(learning_rate=learning_rate,
+                                          clipnorm=config.GRADIENT_CLIP_NORM)
+    else:
+        optimizer = keras.optimizers.SGD(learning_rate=learning_rate,
+                                         momentum=config.LEARNING_MOMENTUM,
+                                         clipnorm=config.GRADIENT_CLIP_NORM)
+    if config.MIXED_PRECISION:     # dynamic loss scaling keeps float16 gradients alive
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
 def train(model: Any, train_dataset: Any, val_dataset: Any | None, learning_rate: float,
           epochs: int, layers: str, augmentation: Augmentation | None = None,
           custom_callbacks: list[keras.callbacks.Callback] | None = None,
@@ -185,7 +200,7 @@ def train(model: Any, train_dataset: Any, val_dataset: Any | None, learning_rate
     train_dataset / val_dataset: kit.mrcnn.utils.Dataset (prepared); val may be None.
     layers: heads | 3+ | 4+ | 5+ | all | a regex of layer names to train (others frozen).
     Each epoch is config.STEPS_PER_EPOCH batches (validation: VALIDATION_STEPS). The optimizer is
-    SGD(learning_rate, LEARNING_MOMENTUM, clipnorm=GRADIENT_CLIP_NORM), compiled without XLA in
+    make_optimizer(config, learning_rate) (SGD by default), compiled without XLA in
     ``model.strategy.scope()``. Returns the History, or None when ``epochs`` is already reached.
     Refuses (FileExistsError) to overwrite checkpoints of the epochs it would train.
     """
@@ -220,12 +235,8 @@ def train(model: Any, train_dataset: Any, val_dataset: Any | None, learning_rate
           f"{model.checkpoint_path}")
     model.set_trainable(layer_regex(layers))
     with model.strategy.scope():
-        optimizer = keras.optimizers.SGD(learning_rate=learning_rate,
-                                         momentum=config.LEARNING_MOMENTUM,
-                                         clipnorm=config.GRADIENT_CLIP_NORM)
-        if config.MIXED_PRECISION:     # dynamic loss scaling keeps float16 gradients alive
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        model.keras_model.compile(optimizer=optimizer, jit_compile=False)
+        model.keras_model.compile(optimizer=make_optimizer(config, learning_rate),
+                                  jit_compile=False)
     history = model.keras_model.fit(train_gen, initial_epoch=model.epoch, epochs=epochs,
                                     validation_data=val_gen, callbacks=callbacks, shuffle=False)
     model.epoch = max(model.epoch, epochs)
