@@ -231,13 +231,15 @@ PRESETS: dict[str, RunConfig] = {
     "demo": RunConfig(
         name="demo", image_size=128, init="none",
         stages=(Stage("all", 10), Stage("all", 2, 0.1, True)),
-        learning_rate=0.01, images_per_gpu=4, steps_per_epoch=40, validation_steps=5, n_val=80,
+        learning_rate=0.001, optimizer="adam", images_per_gpu=4, steps_per_epoch=40,
+        validation_steps=5, n_val=80,
         rpn_anchor_scales=(8, 16, 32, 64, 128), train_rois_per_image=16,
         rpn_train_anchors_per_image=64, pre_nms_limit=1000, post_nms_rois_training=200,
         post_nms_rois_inference=200, detection_max_instances=6, train_bn=True, bn_momentum=0.9,
         top_down_pyramid_size=128, fc_layers_size=256, mask_pool_size=7, workers=2,
-        notes="CPU demo: 128 px, narrow heads, all layers from scratch with trained BatchNorm, "
-              "then a short augmented stage"),
+        notes="CPU demo: 128 px, narrow heads, all layers from scratch with trained BatchNorm "
+              "and Adam (SGD at lr 0.01 reached val mAP 0.03 in the same 480 steps), then a "
+              "short augmented stage"),
     "r50-heads": _study("resnet50", augment=False),
     "r50-all-aug": _study("resnet50", augment=True),
     "r101-heads": _study("resnet101", augment=False),
