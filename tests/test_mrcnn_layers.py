@@ -236,3 +236,18 @@ def test_target_and_detection_layers_trace_with_unknown_shapes():
         spec([None, None, None]), spec([None, None, None]), spec([None, None, None, None]),
         spec([None, None]))
     assert traced.structured_outputs.shape.as_list() == [None, 3, 6]
+
+
+def test_first_rois_and_positive_rows_keep_order_dtype_and_never_empty():
+    x = tf.reshape(tf.range(2 * 4 * 3, dtype=tf.float32), [2, 4, 3])
+    ids = tf.constant([[1, 1, 0, 0], [1, 0, 0, 0]], tf.int32)
+    first = L.FirstROIs(2)(ids)
+    assert first.dtype == tf.int32 and first.numpy().tolist() == [[1, 1], [1, 0]]
+    rows = L.PositiveRows()([x, ids]).numpy()
+    np.testing.assert_array_equal(rows, x.numpy().reshape(8, 3)[[0, 1, 4]])
+    kept_ids = L.PositiveRows()([ids, ids])
+    assert kept_ids.dtype == tf.int32 and kept_ids.numpy().tolist() == [1, 1, 1]
+    none = L.PositiveRows()([x, tf.zeros_like(ids)]).numpy()      # all negative: first row
+    np.testing.assert_array_equal(none, x.numpy()[:1, 0])
+    sym = L.PositiveRows()([keras.Input((4, 7, 7, 5)), keras.Input((4,), dtype="int32")])
+    assert tuple(sym.shape) == (None, 7, 7, 5)

@@ -163,3 +163,19 @@ def test_loss_layers_in_a_functional_graph_compute_in_float32_under_mixed_precis
     np.testing.assert_allclose(value.numpy(), L.rpn_class_loss_graph(m, lg).numpy(), rtol=2e-3)
     assert L.LOSS_NAMES == ("rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss",
                             "mrcnn_bbox_loss", "mrcnn_mask_loss")
+
+
+def test_mask_loss_on_positive_rows_equals_the_batched_loss():
+    """The training graph feeds the mask loss only positive rows (plus a class-0 row when there
+    is none): it must equal Matterport's batched mask loss over all sampled ROIs."""
+    rng = np.random.default_rng(3)
+    ids = np.array([[1, 1, 0, 0], [1, 0, 0, 0]], np.int32)
+    target = (rng.random((2, 4, 6, 6)) > 0.5).astype(np.float32)
+    pred = rng.uniform(0.05, 0.95, (2, 4, 6, 6, 2)).astype(np.float32)
+    batched = float(L.MrcnnMaskLoss()([target, ids, pred]))
+    pos = ids.reshape(-1) > 0
+    rows = float(L.MrcnnMaskLossRows()([target.reshape(8, 6, 6)[pos], ids.reshape(-1)[pos],
+                                        pred.reshape(8, 6, 6, 2)[pos]]))
+    assert rows == pytest.approx(batched, rel=1e-6)
+    dummy = float(L.MrcnnMaskLossRows()([target[0, :1], np.zeros(1, np.int32), pred[0, :1]]))
+    assert dummy == 0.0

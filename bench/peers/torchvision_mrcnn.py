@@ -97,7 +97,7 @@ def bench_train(size: int, batch: int, steps: int) -> dict:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 5.0)
         opt.step()
-        return float(loss)
+        return float(loss.detach())
 
     start = time.perf_counter()
     step(*batches[0])

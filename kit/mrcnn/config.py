@@ -91,6 +91,11 @@ class Config:
 
     # ---- derived values ----
     @property
+    def MAX_POSITIVE_ROIS(self) -> int:
+        """Most positive ROIs a training image gets (they come first in the sampled ROIs)."""
+        return int(self.TRAIN_ROIS_PER_IMAGE * self.ROI_POSITIVE_RATIO)
+
+    @property
     def BATCH_SIZE(self) -> int:
         return int(self.IMAGES_PER_GPU * self.GPU_COUNT)
 

@@ -10,7 +10,7 @@ import keras
 from keras import layers as KL
 
 from kit.mrcnn.backbone import BatchNorm
-from kit.mrcnn.layers import MergeROIs, PyramidROIAlign, SplitROIs
+from kit.mrcnn.layers import MergeROIs, PositiveRows, PyramidROIAlign, SplitROIs
 
 
 def build_rpn_model(anchor_stride: int, anchors_per_location: int, depth: int) -> keras.Model:
@@ -58,14 +58,21 @@ def fpn_classifier_graph(rois, feature_maps: list, image_meta, pool_size: int,
 
 def build_fpn_mask_graph(rois, feature_maps: list, image_meta, pool_size: int,
                          num_classes: int, num_rois: int, train_bn: bool,
-                         bn_momentum: float = 0.99):
-    """Mask head on ROIs [B, N, 4] -> masks [B, N, 2*pool, 2*pool, C] (sigmoid)."""
+                         bn_momentum: float = 0.99, class_ids=None):
+    """Mask head on ROIs [B, N, 4] -> masks [B, N, 2*pool, 2*pool, C] (sigmoid).
+
+    With ``class_ids`` [B, N] (training targets) it runs on the positive ROIs alone and returns
+    their masks as flat rows [K, 2*pool, 2*pool, C] (see PositiveRows).
+    """
     x = PyramidROIAlign([pool_size, pool_size], name="roi_align_mask")(
         [rois, image_meta, *feature_maps])
-    x = MergeROIs(name="mrcnn_mask_merge")(x)
+    if class_ids is None:
+        x = MergeROIs(name="mrcnn_mask_merge")(x)
+    else:
+        x = PositiveRows(name="mrcnn_mask_positive")([x, class_ids])
     for i in range(1, 5):
         x = KL.Conv2D(256, 3, padding="same", name=f"mrcnn_mask_conv{i}")(x)
         x = KL.Activation("relu")(BatchNorm(train_bn, momentum=bn_momentum, name=f"mrcnn_mask_bn{i}")(x))
     x = KL.Conv2DTranspose(256, 2, strides=2, activation="relu", name="mrcnn_mask_deconv")(x)
     x = KL.Conv2D(num_classes, 1, activation="sigmoid", name="mrcnn_mask")(x)
-    return SplitROIs(num_rois, name="mrcnn_mask_split")(x)
+    return x if class_ids is not None else SplitROIs(num_rois, name="mrcnn_mask_split")(x)

@@ -185,6 +185,51 @@ class MergeROIs(GraphLayer):
         return (n, *input_shape[2:])
 
 
+class FirstROIs(GraphLayer):
+    """[B, N, ...] -> [B, n, ...]: the first ``n`` ROIs of each image (any dtype)."""
+
+    def __init__(self, n: int, **kwargs):
+        super().__init__(**kwargs)
+        self.n = int(n)
+
+    def call(self, inputs):
+        return inputs[:, :self.n]
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.n, *input_shape[2:])
+
+    def compute_output_spec(self, inputs, *args, **kwargs):
+        return keras.KerasTensor(self.compute_output_shape(tuple(inputs.shape)),
+                                 dtype=inputs.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "n": self.n}
+
+
+class PositiveRows(GraphLayer):
+    """Rows of ``x`` [B, N, ...] whose class id [B, N] is > 0, flattened to [K, ...].
+
+    When no row is positive, the first row is kept instead (its class id is 0, so the losses
+    ignore it) and layers with batch statistics never see an empty batch.
+    """
+
+    def call(self, inputs):
+        x, class_ids = inputs
+        keep = tf.reshape(class_ids, [-1]) > 0
+        first = tf.equal(tf.range(tf.size(keep)), 0)
+        keep = keep | (first & tf.logical_not(tf.reduce_any(keep)))
+        return tf.boolean_mask(tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], 0)), keep)
+
+    def compute_output_shape(self, x_shape, class_ids_shape=None):
+        if class_ids_shape is None:        # called with the list of both shapes
+            x_shape = x_shape[0]
+        return (None, *x_shape[2:])
+
+    def compute_output_spec(self, inputs, *args, **kwargs):
+        return keras.KerasTensor(self.compute_output_shape(tuple(inputs[0].shape), ()),
+                                 dtype=inputs[0].dtype)
+
+
 class SplitROIs(GraphLayer):
     """[B*N, ...] -> [B, N, ...] with N = ``num_rois``; inverse of MergeROIs."""
 

@@ -194,3 +194,15 @@ class MrcnnMaskLoss(_LossLayer):
 
     _fn = staticmethod(mrcnn_mask_loss_graph)
     _arity = 3
+
+
+def _flat_mask_loss(target_masks, target_class_ids, pred_masks):
+    return mrcnn_mask_loss_graph(target_masks[None], target_class_ids[None], pred_masks[None])
+
+
+class MrcnnMaskLossRows(_LossLayer):
+    """The mask loss on flat ROI rows: ``([target_mask [K, h, w], class_ids [K], mrcnn_mask
+    [K, h, w, C]])`` -> scalar; rows with class 0 are ignored, as in MrcnnMaskLoss."""
+
+    _fn = staticmethod(_flat_mask_loss)
+    _arity = 3
