@@ -31,7 +31,8 @@ def _timed(fn, repeats: int) -> dict:
             "max_s": round(max(times), 4)}
 
 
-def bench(size: int, repeats: int, backbone: str, proposals: int) -> dict:
+def bench(size: int, repeats: int, backbone: str, proposals: int,
+          mixed_precision: bool = False) -> dict:
     import numpy as np
 
     from kit.mrcnn.config import Config
@@ -45,6 +46,7 @@ def bench(size: int, repeats: int, backbone: str, proposals: int) -> dict:
         IMAGE_MIN_DIM = IMAGE_MAX_DIM = size
         POST_NMS_ROIS_INFERENCE = proposals
         DETECTION_MIN_CONFIDENCE = 0.0          # keep the detection/mask path fully busy
+        MIXED_PRECISION = mixed_precision
 
     start = time.perf_counter()
     model = MaskRCNN("inference", BenchConfig(), tempfile.mkdtemp())
@@ -65,13 +67,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--backbone", default="resnet50", choices=["resnet50", "resnet101"])
     parser.add_argument("--proposals", type=int, default=1000)
+    parser.add_argument("--mixed-precision", action="store_true",
+                        help="float16 convolutions (graph layers stay float32)")
     args = parser.parse_args(argv)
     import tensorflow as tf
 
-    results = [bench(s, args.repeats, args.backbone, args.proposals) for s in args.sizes]
+    results = [bench(s, args.repeats, args.backbone, args.proposals, args.mixed_precision)
+               for s in args.sizes]
     print(json.dumps({
         "benchmark": "mrcnn_inference_latency", "backbone": args.backbone, "batch": 1,
         "proposals": args.proposals, "repeats": args.repeats,
+        "mixed_precision": args.mixed_precision,
         "device": "GPU" if tf.config.list_physical_devices("GPU") else "CPU",
         "cpus": os.cpu_count(), "machine": platform.machine(), "tensorflow": tf.__version__,
         "results": results}))

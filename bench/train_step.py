@@ -63,20 +63,23 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--layers", default="all")
+    parser.add_argument("--mixed-precision", action="store_true",
+                        help="float16 convolutions with dynamic loss scaling")
     args = parser.parse_args()
 
-    import keras
     import tensorflow as tf
 
     from kit.mrcnn.data import DataGenerator
     from kit.mrcnn.model import MaskRCNN
-    from kit.mrcnn.training import layer_regex
+    from kit.mrcnn.training import layer_regex, make_optimizer
 
     class BenchConfig(Config):
         NAME = "bench"
         NUM_CLASSES = 2
         BACKBONE = args.backbone
-        IMAGES_PER_GPU = args.batch
+        IMAGES_PER_GPU = args.batch                     # per replica (MirroredStrategy on >1 GPU)
+        GPU_COUNT = max(1, len(tf.config.list_physical_devices("GPU")))
+        MIXED_PRECISION = args.mixed_precision
         IMAGE_MIN_DIM = IMAGE_MAX_DIM = args.size
         RPN_ANCHOR_SCALES = tuple(max(4, s * args.size // 1024) for s in (32, 64, 128, 256, 512))
 
@@ -86,8 +89,7 @@ def main() -> None:
         model = MaskRCNN("training", config, tmp)
     build_s = time.perf_counter() - start
     model.set_trainable(layer_regex(args.layers))
-    model.keras_model.compile(optimizer=keras.optimizers.SGD(
-        learning_rate=1e-3, momentum=0.9, clipnorm=5.0), jit_compile=False)
+    model.keras_model.compile(optimizer=make_optimizer(config, 1e-3), jit_compile=False)
 
     gen = DataGenerator(BoxImages(args.batch * (args.steps + 2), args.size), config,
                         shuffle=False)
@@ -107,7 +109,8 @@ def main() -> None:
         losses.append(float(logs["loss"]))
     print(json.dumps({
         "backbone": args.backbone, "image_size": args.size, "batch": args.batch,
-        "layers": args.layers, "steps_timed": len(times),
+        "layers": args.layers, "steps_timed": len(times), "replicas": config.GPU_COUNT,
+        "mixed_precision": args.mixed_precision,
         "seconds_per_step": round(float(np.median(times)), 3),
         "seconds_per_step_min": round(float(np.min(times)), 3),
         "first_step_seconds_incl_trace": round(first_s, 2),
