@@ -51,6 +51,18 @@ def test_proposal_layer_nms_equals_numpy():
     assert not out[len(keep):].any()          # zero padding after the kept boxes
 
 
+def test_no_gradient_flows_back_through_proposals():
+    """Torchvision detaches proposals too: head losses must not train the RPN through exp()."""
+    anchors = tf.constant(_random_boxes(20)[None])
+    probs = tf.Variable(np.stack([np.full(20, 0.4), np.full(20, 0.6)], 1)[None], dtype=tf.float32)
+    deltas = tf.Variable(RNG.normal(size=(1, 20, 4)).astype(np.float32))
+    layer = L.ProposalLayer(proposal_count=10, nms_threshold=0.7, pre_nms_limit=20,
+                            rpn_bbox_std_dev=[0.1, 0.1, 0.2, 0.2])
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(tf.exp(layer([probs, deltas, anchors])))
+    assert all(g is None for g in tape.gradient(loss, [probs, deltas]))
+
+
 def _bilinear(fmap: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
     """Numpy reference of tf.image.crop_and_resize (normalised box, sample grid inclusive)."""
     h, w, _ = fmap.shape

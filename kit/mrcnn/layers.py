@@ -253,6 +253,9 @@ class ProposalLayer(GraphLayer):
 
     Inputs: rpn_probs [B, A, 2], rpn_bbox [B, A, 4] (deltas / RPN_BBOX_STD_DEV), anchors
     [B, A, 4] normalised. Output: [B, proposal_count, 4] normalised y1x1y2x2 clipped to [0, 1].
+    Proposals are constants for what follows: no gradient flows back into the RPN through them
+    (the head losses would otherwise pull on rpn_bbox_pred through exp() of its deltas, which
+    sent short from-scratch runs to NaN).
     """
 
     def __init__(self, proposal_count: int, nms_threshold: float, pre_nms_limit: int,
@@ -263,7 +266,7 @@ class ProposalLayer(GraphLayer):
         self.rpn_bbox_std_dev = [float(v) for v in rpn_bbox_std_dev]
 
     def call(self, inputs):
-        probs, deltas, anchors = inputs
+        probs, deltas, anchors = (tf.stop_gradient(t) for t in inputs)
         scores = probs[:, :, 1]
         deltas = deltas * tf.constant(self.rpn_bbox_std_dev, tf.float32)
         k = tf.minimum(self.pre_nms_limit, tf.shape(anchors)[1])
