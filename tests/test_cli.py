@@ -1,5 +1,7 @@
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 from kit import cli
 
@@ -25,3 +27,34 @@ def test_help_does_not_import_tensorflow():
     code = ("import sys; from kit import cli; cli.main(['--help']); "
             "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_table_commands_run_without_tensorflow(tmp_path):
+    """labels, score, tune, validate and leaderboard work on CSVs alone: no TF import."""
+    (tmp_path / "stage_2_train_labels.csv").write_text(
+        "patientId,x,y,width,height,Target\na,100.0,100.0,200.0,300.0,1\nb,,,,,0\n")
+    (tmp_path / "raw.csv").write_text("patientId,score,x,y,w,h\na,0.9,110,100,200,300\n"
+                                      "b,0.2,10,10,50,50\n")
+    (tmp_path / "sub.csv").write_text("patientId,PredictionString\na,0.9 110 100 200 300\nb,\n")
+    (tmp_path / "stage_2_sample_submission.csv").write_text(
+        "patientId,PredictionString\na,0.5 0 0 100 100\nb,0.5 0 0 100 100\n")
+    d, labels, board = str(tmp_path), str(tmp_path / "stage_2_train_labels.csv"), \
+        str(tmp_path / "board.csv")
+    calls = [["labels", "--data", d, "--json"],
+             ["score", "--submission", f"{d}/raw.csv", "--raw", "--labels", labels,
+              "--leaderboard", board],
+             ["score", "--submission", f"{d}/sub.csv", "--labels", labels, "--leaderboard", board],
+             ["tune", "--raw", f"{d}/raw.csv", "--labels", labels, "--out", f"{d}/pp.json",
+              "--plot", f"{d}/tuning.png"],
+             ["validate", "--submission", f"{d}/sub.csv", "--data", d],
+             ["leaderboard", "--leaderboard", board]]
+    code = ("import sys; from kit import cli\n"
+            f"for argv in {calls!r}:\n"
+            "    assert cli.main(argv) == 0, argv\n"
+            "bad = [m for m in ('tensorflow', 'keras') if m in sys.modules]\n"
+            "assert not bad, bad\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "pp.json").is_file() and (tmp_path / "board.csv").is_file()
