@@ -5,7 +5,8 @@ Set-up matched to our Matterport defaults: random weights (no download), 2 class
 SxS input kept at S (min_size = max_size = S), 1000 proposals after RPN NMS at inference and
 2000 in training, 100 detections with score floor 0 (the detection and mask paths fully busy),
 200 sampled ROIs per image at 33% positives, 256 RPN anchors per image, frozen BatchNorm in
-the backbone (FrozenBatchNorm2d, Matterport's TRAIN_BN=False) and every layer trainable.
+the backbone (FrozenBatchNorm2d, Matterport's TRAIN_BN=False), every layer trainable, SGD with
+momentum 0.9, weight decay 1e-4 and gradient clipping at norm 5 (as ours).
 
 Usage: .bench/venv/bin/python bench/peers/torchvision_mrcnn.py [--sizes 256 512] [--repeats 5]
 """
@@ -87,7 +88,7 @@ def bench_train(size: int, batch: int, steps: int) -> dict:
 
     model = build(size, 1000).train()
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9)
+    opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=1e-4)  # ours: L2 1e-4
     batches = [boxes_batch(size, batch, seed) for seed in range(steps + 1)]
 
     def step(images, targets) -> float:
