@@ -33,6 +33,8 @@ def test_derived_values_follow_fields():
     assert cfg.BACKBONE_SHAPES.tolist() == [[32, 32], [16, 16], [8, 8], [4, 4], [2, 2]]
     cfg.GPU_COUNT = 2
     assert cfg.BATCH_SIZE == 6
+    cfg.TRAIN_ROIS_PER_IMAGE, cfg.ROI_POSITIVE_RATIO = 200, 0.33
+    assert cfg.MAX_POSITIVE_ROIS == 66            # int(200 * 0.33), as DetectionTargetLayer
 
 
 @pytest.mark.parametrize("field,value,words", [
@@ -59,6 +61,8 @@ def test_config_json_round_trip():
     assert back.RPN_ANCHOR_SCALES == (8, 16, 32, 64, 128)
     assert isinstance(back.MEAN_PIXEL, np.ndarray) and back.MEAN_PIXEL.tolist() == [1, 2, 3]
     assert back.BATCH_SIZE == 3 and "BATCH_SIZE" not in data
+    derived = {n for n, v in vars(Config).items() if isinstance(v, property)}
+    assert derived and not derived & set(data)       # every property stays out of the JSON
     with pytest.raises(ValueError, match="NOT_A_FIELD"):
         Config.from_dict({"NOT_A_FIELD": 1})
 

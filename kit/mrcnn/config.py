@@ -15,7 +15,7 @@ import numpy as np
 RESIZE_MODES = ("none", "square", "pad64", "crop")
 OPTIMIZERS = ("SGD", "ADAM")
 BACKBONES = ("resnet50", "resnet101")
-_DERIVED = ("BATCH_SIZE", "IMAGE_SHAPE", "IMAGE_META_SIZE", "BACKBONE_SHAPES")
+_DERIVED = ("BATCH_SIZE", "IMAGE_SHAPE", "IMAGE_META_SIZE", "BACKBONE_SHAPES", "MAX_POSITIVE_ROIS")
 
 
 class Config:
