@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PEER_PYTHON = ROOT / ".bench" / "venv" / "bin" / "python"
+PEER_PYTHON = ROOT / ".bench" / "venv" / "bin" / "python"   # made by `make bench-peers`
 
 
 def _json(cmd: list[str]) -> dict:

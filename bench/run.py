@@ -2,6 +2,8 @@
 
 Usage: python bench/run.py [scorer prepare model train_step ...]
 Each bench/<name>.py prints one JSON object on stdout; failures are reported, not hidden.
+With the torchvision peer venv (`make bench-peers`) the default list leaves out model and
+train_step: compare.py runs both itself, next to torchvision, and reports them.
 """
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from compare import PEER_PYTHON  # bench/ is this script's folder, first on sys.path
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -18,6 +22,9 @@ def main(names: list[str]) -> int:
     scripts = sorted(p for p in HERE.glob("*.py") if p.name != "run.py")
     if names:
         scripts = [HERE / f"{n}.py" for n in names]
+    elif PEER_PYTHON.is_file():    # compare runs model.py and train_step.py itself: not twice
+        scripts = [p for p in scripts if p.stem not in ("model", "train_step")]
+        print("model, train_step: inside compare (torchvision peer venv found)", file=sys.stderr)
     results, failed = {}, False
     for script in scripts:
         start = time.time()

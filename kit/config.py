@@ -190,9 +190,10 @@ class RunConfig:
             DETECTION_NMS_THRESHOLD=self.detection_nms_threshold,
             DETECTION_BEST_FOREGROUND=True,     # raw detections: P(opacity) for every ROI
             RPN_NMS_THRESHOLD=self.rpn_nms_threshold,
-            LEARNING_RATE=self.learning_rate, OPTIMIZER=self.optimizer.upper(), WEIGHT_DECAY=self.weight_decay,
-            TRAIN_BN=self.train_bn, BN_MOMENTUM=self.bn_momentum, USE_MINI_MASK=self.mini_mask,
-            MIXED_PRECISION=self.mixed_precision, KEEP_CHECKPOINTS=self.keep_checkpoints, TRAIN_ON_EMPTY_IMAGES=True,
+            LEARNING_RATE=self.learning_rate, OPTIMIZER=self.optimizer.upper(),
+            WEIGHT_DECAY=self.weight_decay, TRAIN_BN=self.train_bn, BN_MOMENTUM=self.bn_momentum,
+            USE_MINI_MASK=self.mini_mask, MIXED_PRECISION=self.mixed_precision,
+            KEEP_CHECKPOINTS=self.keep_checkpoints, TRAIN_ON_EMPTY_IMAGES=True,
         )
         if self.steps_per_epoch:
             attrs["STEPS_PER_EPOCH"] = self.steps_per_epoch

@@ -63,6 +63,7 @@ def test_config_json_round_trip():
     assert back.BATCH_SIZE == 3 and "BATCH_SIZE" not in data
     derived = {n for n, v in vars(Config).items() if isinstance(v, property)}
     assert derived and not derived & set(data)       # every property stays out of the JSON
+    assert set(Config.derived_names()) == derived and "MAX_POSITIVE_ROIS" in derived
     with pytest.raises(ValueError, match="NOT_A_FIELD"):
         Config.from_dict({"NOT_A_FIELD": 1})
 

@@ -15,7 +15,6 @@ import numpy as np
 RESIZE_MODES = ("none", "square", "pad64", "crop")
 OPTIMIZERS = ("SGD", "ADAM")
 BACKBONES = ("resnet50", "resnet101")
-_DERIVED = ("BATCH_SIZE", "IMAGE_SHAPE", "IMAGE_META_SIZE", "BACKBONE_SHAPES", "MAX_POSITIVE_ROIS")
 
 
 class Config:
@@ -121,7 +120,13 @@ class Config:
     def field_names(cls) -> list[str]:
         """All UPPER_CASE fields (not the derived properties), sorted."""
         names = {n for klass in cls.__mro__ for n in vars(klass) if n.isupper()}
-        return sorted(names - set(_DERIVED))
+        return sorted(names - set(cls.derived_names()))
+
+    @classmethod
+    def derived_names(cls) -> list[str]:
+        """The UPPER_CASE properties: computed from the fields, never stored or loaded."""
+        return sorted({n for klass in cls.__mro__ for n, v in vars(klass).items()
+                       if n.isupper() and isinstance(v, property)})
 
     def validate(self) -> "Config":
         """Raise ValueError naming the field if the configuration cannot build a model."""
@@ -168,9 +173,9 @@ class Config:
         class default (list -> numpy array / tuple) so the result equals the original config.
         """
         cfg = cls()
-        fields = set(cls.field_names())
+        fields, derived = set(cls.field_names()), set(cls.derived_names())
         for name, value in values.items():
-            if name in _DERIVED:
+            if name in derived:
                 continue
             if name not in fields:
                 raise ValueError(f"config field {name!r} is unknown to {cls.__name__}")
@@ -185,7 +190,7 @@ class Config:
     def display(self) -> str:
         """Print and return every field and derived value, one per line."""
         lines = ["Configurations:"]
-        for name in sorted(self.field_names() + list(_DERIVED)):
+        for name in sorted(self.field_names() + self.derived_names()):
             value = getattr(self, name)
             if isinstance(value, np.ndarray):
                 value = value.tolist()

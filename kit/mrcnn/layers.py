@@ -86,7 +86,7 @@ class GraphLayer(keras.layers.Layer):
     """Base of the custom layers: float32 math (also under mixed precision), no XLA, output
     dtypes declared next to the shapes."""
 
-    output_dtypes: tuple[str, ...] = ("float32",)
+    output_dtypes: tuple[str, ...] | None = ("float32",)   # None: the first input's dtype
 
     def __init__(self, **kwargs):
         kwargs.setdefault("dtype", "float32")   # inputs are autocast; box math stays float32
@@ -96,6 +96,8 @@ class GraphLayer(keras.layers.Layer):
     def compute_output_spec(self, *args, **kwargs):
         shapes = self.compute_output_shape(
             keras.tree.map_structure(lambda t: tuple(t.shape), args[0]))
+        if self.output_dtypes is None:     # pass-through layers keep int ids int
+            return keras.KerasTensor(shapes, dtype=keras.tree.flatten(args[0])[0].dtype)
         if len(self.output_dtypes) == 1:
             return keras.KerasTensor(shapes, dtype=self.output_dtypes[0])
         return [keras.KerasTensor(s, dtype=d) for s, d in zip(shapes, self.output_dtypes)]
@@ -188,6 +190,8 @@ class MergeROIs(GraphLayer):
 class FirstROIs(GraphLayer):
     """[B, N, ...] -> [B, n, ...]: the first ``n`` ROIs of each image (any dtype)."""
 
+    output_dtypes = None
+
     def __init__(self, n: int, **kwargs):
         super().__init__(**kwargs)
         self.n = int(n)
@@ -197,10 +201,6 @@ class FirstROIs(GraphLayer):
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.n, *input_shape[2:])
-
-    def compute_output_spec(self, inputs, *args, **kwargs):
-        return keras.KerasTensor(self.compute_output_shape(tuple(inputs.shape)),
-                                 dtype=inputs.dtype)
 
     def get_config(self):
         return {**super().get_config(), "n": self.n}
@@ -213,6 +213,8 @@ class PositiveRows(GraphLayer):
     ignore it) and layers with batch statistics never see an empty batch.
     """
 
+    output_dtypes = None
+
     def call(self, inputs):
         x, class_ids = inputs
         keep = tf.reshape(class_ids, [-1]) > 0
@@ -220,14 +222,8 @@ class PositiveRows(GraphLayer):
         keep = keep | (first & tf.logical_not(tf.reduce_any(keep)))
         return tf.boolean_mask(tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], 0)), keep)
 
-    def compute_output_shape(self, x_shape, class_ids_shape=None):
-        if class_ids_shape is None:        # called with the list of both shapes
-            x_shape = x_shape[0]
-        return (None, *x_shape[2:])
-
-    def compute_output_spec(self, inputs, *args, **kwargs):
-        return keras.KerasTensor(self.compute_output_shape(tuple(inputs[0].shape), ()),
-                                 dtype=inputs[0].dtype)
+    def compute_output_shape(self, input_shape):
+        return (None, *input_shape[0][2:])
 
 
 class SplitROIs(GraphLayer):
