@@ -39,6 +39,9 @@ class RunConfig:
     validation_steps: int = 0               # 0: one pass over the validation images
     n_val: int = 1500                       # validation images (a fraction on small data sets)
     split_seed: int = 0
+    seed: int = 0                           # weights init, data order, augmentation, sampling
+    folds: int = 0                          # >1: stratified patient folds; val = fold ``fold``
+    fold: int = 0                           # which fold is validation (0 .. folds-1)
     rpn_anchor_scales: tuple[int, ...] = (16, 32, 64, 128, 256)
     rpn_anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     train_rois_per_image: int = 64
@@ -58,6 +61,10 @@ class RunConfig:
     train_bn: bool = False                  # True for training from scratch (no init weights)
     bn_momentum: float = 0.99               # with train_bn: 0.9 lets short runs' statistics catch up
     mini_mask: bool = True
+    image_classifier: bool = True           # 3-way image-level head (Lung Opacity / Not Normal / Normal)
+    image_class_loss_weight: float = 1.0
+    proposals_with_gt: bool = True          # append GT boxes to the proposals (False: Matterport)
+    val_map_images: int = 0                 # val images the epoch-end mAP detects on (0: all)
     keep_checkpoints: int = 2               # newest epoch checkpoints kept (0: all, as Matterport)
     tta: str = "flip"                       # none | flip (horizontal flip, boxes fused by WBF)
     workers: int = 2
@@ -163,6 +170,10 @@ class RunConfig:
             raise KitError(f"tta {self.tta!r}: choose none or flip")
         if not self.stages:
             raise KitError("a schedule needs at least one stage")
+        if self.folds == 1 or self.folds < 0:
+            raise KitError(f"folds={self.folds}: use 0 (one train/val split) or 2 or more")
+        if self.folds and not 0 <= self.fold < self.folds:
+            raise KitError(f"fold={self.fold} must be in 0..{self.folds - 1} for folds={self.folds}")
 
     # ---- the model's config ------------------------------------------------------------
     def mrcnn_config(self, gpu_count: int = 1) -> Any:
@@ -194,6 +205,9 @@ class RunConfig:
             WEIGHT_DECAY=self.weight_decay, TRAIN_BN=self.train_bn, BN_MOMENTUM=self.bn_momentum,
             USE_MINI_MASK=self.mini_mask, MIXED_PRECISION=self.mixed_precision,
             KEEP_CHECKPOINTS=self.keep_checkpoints, TRAIN_ON_EMPTY_IMAGES=True,
+            SEED=self.seed, IMAGE_CLASSES=3 if self.image_classifier else 0,
+            IMAGE_CLASS_LOSS_WEIGHT=self.image_class_loss_weight,
+            PROPOSALS_WITH_GT=self.proposals_with_gt,
         )
         if self.steps_per_epoch:
             attrs["STEPS_PER_EPOCH"] = self.steps_per_epoch

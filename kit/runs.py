@@ -1,8 +1,8 @@
 """Run folders: runs/<name>-<YYYYmmdd-HHMMSS>/ hold everything one training run produced.
 
 Files in a run (all optional until the step that writes them ran):
-config.json, checkpoints/, history.csv, curves.png, raw_val.csv, raw_test.csv,
-postprocess.json, tuning.png, report.md. ``--run latest`` is the newest run folder.
+config.json, checkpoints/, history.csv, curves.png, raw_val.csv, raw_test.csv (+ their
+raw_<split>_images.csv), postprocess.json, tuning.png, report.md, ensemble.json (ensembles only). ``--run latest`` is the newest run folder.
 """
 from __future__ import annotations
 
@@ -13,6 +13,20 @@ from kit import paths
 from kit.errors import KitError
 
 RAW_COLUMNS = ["patientId", "score", "x", "y", "w", "h"]   # raw detections, original 1024 px
+# image-level evidence next to raw_<split>.csv: one row per predicted image (detections or not)
+IMAGE_COLUMNS = ["patientId", "p_opacity"]                  # P(Lung Opacity) of the classifier
+# image classes of stage_2_detailed_class_info.csv, in the classifier's output order
+IMAGE_CLASSES = ("Lung Opacity", "No Lung Opacity / Not Normal", "Normal")
+
+
+def raw_path(run: Path, split: str) -> Path:
+    """runs/<run>/raw_<split>.csv: raw detections (RAW_COLUMNS)."""
+    return Path(run) / f"raw_{split}.csv"
+
+
+def image_scores_path(run: Path, split: str) -> Path:
+    """runs/<run>/raw_<split>_images.csv: each predicted image's P(Lung Opacity) (IMAGE_COLUMNS)."""
+    return Path(run) / f"raw_{split}_images.csv"
 
 
 def new_run_dir(name: str, runs_dir: Path = paths.RUNS_DIR) -> Path:

@@ -86,6 +86,10 @@ class Config:
 
     # RSNA additions
     TRAIN_ON_EMPTY_IMAGES = True             # keep images without boxes in training batches
+    SEED = None                              # int: data order, augmentation, anchor sampling
+    IMAGE_CLASSES = 0                        # >0: image-level classification head (kit_image_*)
+    IMAGE_CLASS_LOSS_WEIGHT = 1.0            # weight of kit_image_class_loss
+    PROPOSALS_WITH_GT = False                # append GT boxes to proposals (torchvision); False: Matterport
     MIXED_PRECISION = False
 
     # ---- derived values ----
