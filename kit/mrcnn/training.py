@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import math
 import re
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -225,11 +226,13 @@ def train(model: Any, train_dataset: Any, val_dataset: Any | None, learning_rate
         val_dataset, config, shuffle=True, workers=workers, steps=config.VALIDATION_STEPS,
         seed=model.epoch)
     Path(model.log_dir).mkdir(parents=True, exist_ok=True)
+    # custom callbacks run first, so what they add to an epoch's logs (e.g. a metric) is in
+    # history.csv; the checkpoint is written after them
     callbacks = [
         TerminateOnNaN(f"load_weights(find_last()) in {model.log_dir}", learning_rate),
+        *(custom_callbacks or []),
         Checkpoint(model.keras_model, model.checkpoint_path, config.KEEP_CHECKPOINTS),
         HistoryCSV(Path(model.log_dir) / "history.csv"),
-        *(custom_callbacks or []),
     ]
     print(f"Starting at epoch {model.epoch}. LR={learning_rate}\nCheckpoint path: "
           f"{model.checkpoint_path}")
@@ -237,7 +240,10 @@ def train(model: Any, train_dataset: Any, val_dataset: Any | None, learning_rate
     with model.strategy.scope():
         model.keras_model.compile(optimizer=make_optimizer(config, learning_rate),
                                   jit_compile=False)
+    # a progress bar on a terminal; one line per epoch in a log file (a Kaggle kernel's log)
+    verbose = 1 if sys.stdout.isatty() else 2
     history = model.keras_model.fit(train_gen, initial_epoch=model.epoch, epochs=epochs,
-                                    validation_data=val_gen, callbacks=callbacks, shuffle=False)
+                                    validation_data=val_gen, callbacks=callbacks, shuffle=False,
+                                    verbose=verbose)
     model.epoch = max(model.epoch, epochs)
     return history
