@@ -2,7 +2,8 @@
 
 ``python -m kit split --data DIR`` writes ``data/cache/<DIR name>-split.csv`` (patientId,split with
 split in {train, val}), next to the prepared-image caches of the same data. A rerun that would
-write a different split refuses unless --force.
+write a different split refuses unless --force. :func:`fold_split` gives K-fold splits
+(``RunConfig.folds``/``fold``): the same strata, patient-level, seeded.
 """
 from __future__ import annotations
 
@@ -54,6 +55,42 @@ def split_patients(labels_df: pd.DataFrame, n_val: int = 1500,
     train_ids = [pid for pid in strata.index if pid not in val]
     val_ids = [pid for pid in strata.index if pid in val]
     return train_ids, val_ids
+
+
+def fold_of(labels_df: pd.DataFrame, folds: int, seed: int = 0) -> pd.Series:
+    """Fold index (0 .. folds-1) per patientId, in label-file order; stratified and seeded.
+
+    Within each stratum (0, 1, 2, 3+ boxes) the images are shuffled (seeded) and dealt round
+    robin, the deal running on across strata: every fold gets floor or ceil of each stratum's
+    n / folds images, and fold sizes differ by at most one image.
+    """
+    strata = strata_of(labels_df)
+    if int(folds) != folds or folds < 2:
+        raise KitError(f"folds must be an integer >= 2, got {folds}")
+    if folds > len(strata):
+        raise KitError(f"{folds} folds need at least {folds} images, the labels have {len(strata)}")
+    rng = np.random.default_rng(seed)
+    fold = pd.Series(-1, index=strata.index, dtype=np.int64)
+    dealt = 0
+    for stratum in STRATA:
+        ids = strata.index[strata == stratum].to_numpy()
+        fold[ids[rng.permutation(len(ids))]] = (dealt + np.arange(len(ids))) % folds
+        dealt += len(ids)
+    return fold
+
+
+def fold_split(labels_df: pd.DataFrame, folds: int, fold: int,
+               seed: int = 0) -> tuple[list[str], list[str]]:
+    """(train_ids, val_ids) of fold ``fold`` of :func:`fold_of`, each in label-file order.
+
+    The val sets of folds 0 .. folds-1 are disjoint and together hold every image once.
+    """
+    if int(fold) != fold or not 0 <= fold < folds:
+        raise KitError(f"fold must be an integer in 0 .. {folds - 1}, got {fold}")
+    assignment = fold_of(labels_df, folds, seed)
+    in_val = (assignment == fold).to_numpy()
+    ids = assignment.index.to_numpy()
+    return ids[~in_val].tolist(), ids[in_val].tolist()
 
 
 def read_split(path: str | Path) -> tuple[list[str], list[str]]:

@@ -1,7 +1,9 @@
 import numpy as np
 import pandas as pd
+import pytest
 
 from kit import cli, labels, paths, split
+from kit.errors import KitError
 
 
 def make_labels(counts: dict[int, int]) -> pd.DataFrame:
@@ -71,3 +73,68 @@ def test_real_labels_1500_val(real_rsna):
     for stratum in split.STRATA:
         exact = 1500 * strata.eq(stratum).sum() / len(strata)
         assert abs(strata[val].eq(stratum).sum() - exact) <= 1
+
+
+# ---- folds ---------------------------------------------------------------------------------
+def check_folds(df: pd.DataFrame, k: int, seed: int) -> list[list[str]]:
+    """Assert the K folds are disjoint, cover every patient once and are stratified; val sets."""
+    order = list(dict.fromkeys(df["patientId"]))
+    strata = split.strata_of(df)
+    vals = []
+    for fold in range(k):
+        train, val = split.fold_split(df, k, fold, seed)
+        assert not set(train) & set(val) and sorted(train + val) == sorted(order)
+        in_val = set(val)
+        assert val == [p for p in order if p in in_val]                  # label-file order
+        for stratum in split.STRATA:
+            got = int(strata[val].eq(stratum).sum())
+            total = int(strata.eq(stratum).sum())
+            assert total // k <= got <= -(-total // k), (fold, stratum)
+        vals.append(val)
+    assert sorted(p for v in vals for p in v) == sorted(order)      # each image exactly once
+    sizes = [len(v) for v in vals]
+    assert max(sizes) - min(sizes) <= 1
+    return vals
+
+
+def test_folds_disjoint_cover_once_and_stratified():
+    df = make_labels({0: 70, 1: 13, 2: 16, 3: 2, 4: 1})
+    vals = check_folds(df, 5, seed=0)
+    assert [len(v) for v in vals] == [21, 21, 20, 20, 20]
+    fold = split.fold_of(df, 5, seed=0)
+    assert list(fold.index) == list(dict.fromkeys(df["patientId"]))
+    assert all(fold[p] == i for i, v in enumerate(vals) for p in v)
+
+
+def test_folds_keep_every_row_of_a_patient_together():
+    df = make_labels({0: 10, 2: 6, 3: 4})        # 2- and 3-box patients have several rows
+    vals = check_folds(df, 3, seed=4)
+    for val in vals:
+        rows = df[df["patientId"].isin(val)]
+        assert rows.groupby("patientId").size().sum() == len(rows)
+        assert set(rows["patientId"]) == set(val)
+
+
+def test_folds_seeded_and_deterministic():
+    df = make_labels({0: 60, 1: 20, 2: 20})
+    assert split.fold_split(df, 4, 1, seed=3) == split.fold_split(df, 4, 1, seed=3)
+    assert split.fold_split(df, 4, 1, seed=3)[1] != split.fold_split(df, 4, 1, seed=5)[1]
+    assert split.fold_split(df, 4, 1, seed=3)[1] != split.fold_split(df, 4, 2, seed=3)[1]
+
+
+def test_fold_arguments_are_checked():
+    df = make_labels({0: 3, 1: 1})
+    for folds, fold, match in [(1, 0, "folds must"), (5, 0, "at least 5 images"),
+                               (2, 2, "fold must"), (2, -1, "fold must")]:
+        with pytest.raises(KitError, match=match):
+            split.fold_split(df, folds, fold)
+
+
+def test_real_labels_5_folds(real_rsna):
+    df = labels.read_labels(real_rsna / paths.TRAIN_LABELS)
+    vals = check_folds(df, 5, seed=0)
+    assert sorted(len(v) for v in vals) == [5336, 5337, 5337, 5337, 5337]
+    strata = split.strata_of(df)
+    rate = (strata != "0").mean()
+    for val in vals:
+        assert abs((strata[val] != "0").mean() - rate) < 0.001        # positive rate per fold
