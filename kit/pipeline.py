@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import re
 import shutil
 import time
 from pathlib import Path
@@ -16,6 +15,8 @@ from pathlib import Path
 from kit import paths
 from kit.config import PRESETS, RunConfig, get_preset
 from kit.errors import KitError
+from kit.log import say
+from kit.runs import TRAIN_STATE, trained_epochs
 
 
 def add_submission_args(p: argparse.ArgumentParser) -> None:
@@ -34,6 +35,15 @@ def add_submission_args(p: argparse.ArgumentParser) -> None:
                    help="also copy the final submission here (e.g. /kaggle/working/submission.csv)")
     p.add_argument("--new", action="store_true",
                    help="start a new run even if an unfinished one with this config exists")
+    p.add_argument("--time-budget", metavar="DURATION", default=None,
+                   help="wall-clock budget of the whole flow, e.g. 90s, 45m, 8h15m (default: "
+                        "$KIT_TIME_BUDGET, else none): training plans to leave predict, tune, "
+                        "submit and report their time (see kit/budget.py)")
+    p.add_argument("--preflight", action="store_true",
+                   help="first run the whole flow on 2 images, 1 step per stage, in a scratch "
+                        "folder, and stop with one error line if anything fails (kernels do)")
+    p.add_argument("--scratch", type=Path, default=None,
+                   help="scratch folder of the preflight (default: the workdir, else runs/)")
 
 
 def ensure_data(data: Path | None) -> Path:
@@ -58,13 +68,6 @@ def ensure_data(data: Path | None) -> Path:
 DEMO_DATA = dict(n_train=400, n_test=100, size=256, seed=0)
 
 
-def trained_epochs(run: Path) -> int:
-    """Last epoch with a checkpoint in the run (0 when none)."""
-    epochs = [int(m.group(1)) for p in Path(run).rglob("mask_rcnn_*.h5")
-              if (m := re.search(r"_(\d{4})\.h5$", p.name))]
-    return max(epochs, default=0)
-
-
 def find_unfinished(runs_dir: Path, cfg: RunConfig) -> Path | None:
     """Newest run with exactly this config whose pipeline did not finish."""
     if not Path(runs_dir).is_dir():
@@ -87,13 +90,28 @@ def _newer(path: Path, *than: Path) -> bool:
 def _cli(*argv: str | Path) -> None:
     from kit.cli import main
 
+    start = time.time()
     code = main([str(a) for a in argv])
     if code:
         raise KitError(f"step `python -m kit {' '.join(map(str, argv))}` failed (exit {code})")
+    say(f"step {argv[0]} took {time.time() - start:.0f} s")
+
+
+def training_finished(run: Path, cfg: RunConfig) -> bool:
+    """All scheduled epochs have checkpoints, or the time budget ended training (train_state)."""
+    import json
+
+    state = Path(run) / TRAIN_STATE
+    if state.is_file() and json.loads(state.read_text()).get("stopped_by_budget"):
+        return True
+    return trained_epochs(run) >= cfg.total_epochs
 
 
 def run_submission(args: argparse.Namespace) -> int:
+    from kit.budget import format_duration, from_arg
+
     start = time.time()
+    budget = from_arg(args.time_budget)
     runs_dir, subs_dir = Path(args.runs_dir), paths.SUBMISSIONS_DIR
     if args.workdir:
         runs_dir, subs_dir = Path(args.workdir) / "runs", Path(args.workdir) / "submissions"
@@ -102,18 +120,27 @@ def run_submission(args: argparse.Namespace) -> int:
 
     preset = args.preset or default_preset()
     cfg = dataclasses.replace(get_preset(preset, args.set), data_dir=str(data_dir))
+    if budget:
+        say(f"time budget {format_duration(budget.seconds)} for the whole flow "
+            f"({format_duration(budget.left())} left)")
+    if args.preflight:
+        from kit.preflight import run_preflight
+
+        work = Path(args.workdir) if args.workdir else runs_dir
+        run_preflight(data_dir, preset, args.set, args.weights,
+                      Path(args.scratch) if args.scratch else work, work)
     run = None if args.new else find_unfinished(runs_dir, cfg)
     if run is None:
         run = train(preset=preset, data_dir=data_dir, overrides=args.set, weights=args.weights,
-                    runs_dir=runs_dir)
-    elif trained_epochs(run) < cfg.total_epochs:
-        print(f"resuming unfinished run {run}")
-        train(resume=str(run), runs_dir=runs_dir)
+                    runs_dir=runs_dir, budget=budget)
+    elif not training_finished(run, cfg):
+        say(f"resuming unfinished run {run}")
+        train(resume=str(run), runs_dir=runs_dir, budget=budget)
     else:
-        print(f"resuming unfinished run {run} (training already complete)")
+        say(f"resuming unfinished run {run} (training already finished)")
 
-    last = max(Path(run).rglob("mask_rcnn_*.h5"), key=lambda p: p.stat().st_mtime)
-    if not (_newer(run / "raw_val.csv", last) and _newer(run / "raw_test.csv", last)):
+    weights = max(Path(run).rglob("*.h5"), key=lambda p: p.stat().st_mtime)
+    if not (_newer(run / "raw_val.csv", weights) and _newer(run / "raw_test.csv", weights)):
         _cli("predict", "--run", run, "--split", "all")
     if not _newer(run / "postprocess.json", run / "raw_val.csv"):
         _cli("tune", "--run", run)
@@ -131,6 +158,9 @@ def run_submission(args: argparse.Namespace) -> int:
         shutil.copyfile(sub, Path(args.out).with_suffix(".tmp"))
         Path(args.out).with_suffix(".tmp").replace(args.out)
     (run / "pipeline.done").write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
+    if budget:
+        say(f"time budget {format_duration(budget.seconds)}: finished with "
+            f"{format_duration(budget.left())} to spare")
     print(f"\ndone in {time.time() - start:.0f} s\n  run:        {run}\n  submission: {sub}"
           f"{f' (copied to {args.out})' if args.out else ''}\n  report:     {run / 'report.md'}"
           f"\n  leaderboard: {subs_dir / 'leaderboard.csv'}")

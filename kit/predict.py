@@ -2,7 +2,10 @@
 
 Writes runs/<run>/raw_<split>.csv with columns patientId,score,x,y,w,h: top-left boxes in the
 ORIGINAL 1024-px frame, every detection above the model's low confidence floor. Thresholds are
-applied later, only by kit.postprocess (tuned by ``tune`` on raw_val.csv).
+applied later, only by kit.postprocess (tuned by ``tune`` on raw_val.csv). When the model has the
+image-level classifier, raw_<split>_images.csv (patientId,p_opacity) holds every predicted
+image's P(Lung Opacity) (mean over the TTA passes). The weights are the run's best checkpoint by
+val_map (best.h5) unless ``--checkpoint last`` or a path says otherwise.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from kit import paths
 from kit.config import RunConfig
 from kit.errors import KitError
 from kit.io import write_csv
-from kit.runs import RAW_COLUMNS, resolve_run
+from kit.runs import IMAGE_COLUMNS, RAW_COLUMNS, image_scores_path, raw_path, resolve_run
 
 
 def add_predict_args(p: argparse.ArgumentParser) -> None:
@@ -28,13 +31,16 @@ def add_predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tta", choices=["none", "flip"], default=None,
                    help="test-time augmentation (default: the run's config)")
     p.add_argument("--batch", type=int, default=None, help="images per detect() call")
+    p.add_argument("--checkpoint", default="best", metavar="best|last|PATH",
+                   help="weights: best = the epoch with the best val_map (best.h5; the newest "
+                        "checkpoint when the run has none), last = the newest epoch, or a file")
     p.add_argument("--runs-dir", type=Path, default=paths.RUNS_DIR)
 
 
 def run_predict(args: argparse.Namespace) -> int:
     run = resolve_run(args.run, args.runs_dir)
     splits = ["val", "test"] if args.split == "all" else [args.split]
-    model = load_inference_model(run)
+    model = load_inference_model(run, args.checkpoint)
     for split in splits:
         out = predict(run, split, tta=args.tta, batch=args.batch, model=model)
         print(f"wrote {out}")
@@ -58,26 +64,30 @@ def unflip(rois: np.ndarray, side: int) -> np.ndarray:
 
 def fuse(rois_list: list[np.ndarray], scores_list: list[np.ndarray], side: int,
          iou_thr: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted box fusion of several detection sets of one image (y1x1y2x2 cache pixels)."""
-    from ensemble_boxes import weighted_boxes_fusion
+    """Weighted box fusion (kit.fusion, numpy: Kaggle's image has no ensemble-boxes) of several
+    detection sets of one image (y1x1y2x2 cache pixels)."""
+    from kit.fusion import weighted_boxes_fusion
 
-    boxes = [np.clip(r[:, [1, 0, 3, 2]] / side, 0, 1) for r in rois_list]
+    boxes = [np.clip(np.asarray(r, np.float64).reshape(-1, 4)[:, [1, 0, 3, 2]] / side, 0, 1)
+             for r in rois_list]
     if not sum(len(b) for b in boxes):
         return np.zeros((0, 4)), np.zeros(0)
-    fused, scores, _ = weighted_boxes_fusion(
-        [b.tolist() for b in boxes], [s.tolist() for s in scores_list],
-        [[0] * len(s) for s in scores_list], iou_thr=iou_thr, skip_box_thr=0.0)
+    fused, scores = weighted_boxes_fusion(boxes, [np.asarray(s, np.float64) for s in scores_list],
+                                          iou_thr=iou_thr, skip_box_thr=0.0)
     fused = np.asarray(fused, dtype=np.float64).reshape(-1, 4) * side
     return fused[:, [1, 0, 3, 2]], np.asarray(scores, dtype=np.float64)
 
 
-def load_inference_model(run: Path):
+def load_inference_model(run: Path, checkpoint: str = "best"):
+    """The run's inference model with the weights ``checkpoint`` names (see checkpoint_of)."""
     from kit.mrcnn.model import MaskRCNN
     from kit.train import checkpoint_of
 
     cfg = RunConfig.load(run / "config.json")
+    weights = checkpoint_of(run, checkpoint)
     model = MaskRCNN(mode="inference", config=cfg.mrcnn_config(), model_dir=str(run))
-    model.load_weights(str(checkpoint_of(run)), by_name=True)
+    model.load_weights(str(weights), by_name=True)
+    print(f"predict: weights {weights}")
     return model
 
 
@@ -90,9 +100,45 @@ def split_ids(run: Path, cfg: RunConfig, split: str, cache) -> list[str]:
     return cache.ids("test")
 
 
+def detect_raw(model, images: list[np.ndarray], ids: list[str], side: int,
+               tta: str = "none", batch: int | None = None, progress: str | None = None
+               ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Detect on cache-size images -> (raw detections (RAW_COLUMNS), image scores (IMAGE_COLUMNS)).
+
+    ``tta="flip"`` also detects on the horizontally flipped image and fuses both box sets with
+    weighted box fusion; P(Lung Opacity) is the mean of the passes. The image table is empty
+    when the model has no image-level classifier."""
+    batch = batch or model.config.BATCH_SIZE
+    rows: list[pd.DataFrame] = []
+    image_rows: list[tuple[str, float]] = []
+    steps = range(0, len(ids), batch)
+    for i in (tqdm(steps, desc=progress, unit="batch") if progress else steps):
+        chunk, pics = ids[i:i + batch], images[i:i + batch]
+        found = model.detect(pics, masks=False)
+        flipped = model.detect([im[:, ::-1] for im in pics], masks=False) if tta == "flip" \
+            else [None] * len(chunk)
+        for pid, r, f in zip(chunk, found, flipped):
+            rois, scores = np.asarray(r["rois"]), np.asarray(r["scores"], dtype=np.float64)
+            passes = [r] if f is None else [r, f]
+            if "image_probs" in r:
+                image_rows.append((pid, float(np.mean([p["image_probs"][0] for p in passes]))))
+            if f is not None:
+                rois, scores = fuse([rois, unflip(f["rois"], side)],
+                                    [scores, np.asarray(f["scores"], dtype=np.float64)], side)
+            xywh = xyxy_to_raw(rois, side)
+            rows.append(pd.DataFrame({"patientId": pid, "score": scores, "x": xywh[:, 0],
+                                      "y": xywh[:, 1], "w": xywh[:, 2], "h": xywh[:, 3]}))
+    raw = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=RAW_COLUMNS)
+    raw = raw[(raw.w > 0) & (raw.h > 0)][RAW_COLUMNS].round(
+        {"score": 5, "x": 1, "y": 1, "w": 1, "h": 1})
+    image_scores = pd.DataFrame(image_rows, columns=IMAGE_COLUMNS).round({"p_opacity": 5})
+    return raw.reset_index(drop=True), image_scores
+
+
 def predict(run: Path, split: str, tta: str | None = None, batch: int | None = None,
             model=None) -> Path:
-    """Detect on every image of ``split`` and write raw_<split>.csv; returns its path."""
+    """Detect on every image of ``split``; writes raw_<split>.csv (and raw_<split>_images.csv
+    when the model classifies images); returns the raw table's path."""
     from kit.cache import prepare
     from kit.dataset import as_rgb
 
@@ -102,29 +148,28 @@ def predict(run: Path, split: str, tta: str | None = None, batch: int | None = N
                                                                  else "train",))
     ids = split_ids(run, cfg, split, cache)
     model = model or load_inference_model(run)
-    batch = batch or model.config.BATCH_SIZE
-    side = cache.size
-    rows: list[pd.DataFrame] = []
     start = time.time()
-    for i in tqdm(range(0, len(ids), batch), desc=f"predict {split}", unit="batch"):
-        chunk = ids[i:i + batch]
-        images = [as_rgb(cache.load(pid)) for pid in chunk]
-        found = model.detect(images, masks=False)
-        flipped = model.detect([im[:, ::-1] for im in images], masks=False) if tta == "flip" \
-            else [None] * len(chunk)
-        for pid, r, f in zip(chunk, found, flipped):
-            rois, scores = np.asarray(r["rois"]), np.asarray(r["scores"], dtype=np.float64)
-            if f is not None:
-                rois, scores = fuse([rois, unflip(f["rois"], side)],
-                                    [scores, np.asarray(f["scores"], dtype=np.float64)], side)
-            xywh = xyxy_to_raw(rois, side)
-            rows.append(pd.DataFrame({"patientId": pid, "score": scores, "x": xywh[:, 0],
-                                      "y": xywh[:, 1], "w": xywh[:, 2], "h": xywh[:, 3]}))
+    images = _Images(cache, ids, as_rgb)
+    raw, image_scores = detect_raw(model, images, ids, cache.size, tta=tta, batch=batch,
+                                   progress=f"predict {split}")
     elapsed = time.time() - start
-    raw = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=RAW_COLUMNS)
-    raw = raw[(raw.w > 0) & (raw.h > 0)][RAW_COLUMNS].round({"score": 5, "x": 1, "y": 1, "w": 1, "h": 1})
-    out = run / f"raw_{split}.csv"
+    out = raw_path(run, split)
     write_csv(out, raw)
+    if len(image_scores):
+        write_csv(image_scores_path(run, split), image_scores)
     print(f"predict {split}: {len(ids)} images, {len(raw)} raw detections, "
           f"{len(ids) / max(elapsed, 1e-9):.1f} images/s (tta={tta})")
     return out
+
+
+class _Images:
+    """Lazy list of a cache's images (RGB) in ``ids`` order: a slice loads only that slice."""
+
+    def __init__(self, cache, ids: list[str], to_rgb):
+        self.cache, self.ids, self.to_rgb = cache, ids, to_rgb
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: slice) -> list[np.ndarray]:
+        return [self.to_rgb(self.cache.load(pid)) for pid in self.ids[index]]

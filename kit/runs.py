@@ -6,6 +6,7 @@ raw_<split>_images.csv), postprocess.json, tuning.png, report.md, ensemble.json 
 """
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -15,8 +16,17 @@ from kit.errors import KitError
 RAW_COLUMNS = ["patientId", "score", "x", "y", "w", "h"]   # raw detections, original 1024 px
 # image-level evidence next to raw_<split>.csv: one row per predicted image (detections or not)
 IMAGE_COLUMNS = ["patientId", "p_opacity"]                  # P(Lung Opacity) of the classifier
-# image classes of stage_2_detailed_class_info.csv, in the classifier's output order
-IMAGE_CLASSES = ("Lung Opacity", "No Lung Opacity / Not Normal", "Normal")
+
+
+BEST_WEIGHTS, BEST_INFO = "best.h5", "best.json"   # best epoch by val_map (kit.callbacks)
+TRAIN_STATE = "train_state.json"                    # how training ended (kit.train)
+
+
+def trained_epochs(run: Path) -> int:
+    """Last epoch with a checkpoint (mask_rcnn_*_NNNN.h5) in the run (0 when none)."""
+    epochs = [int(m.group(1)) for p in Path(run).rglob("mask_rcnn_*.h5")
+              if (m := re.search(r"_(\d{4})\.h5$", p.name))]
+    return max(epochs, default=0)
 
 
 def raw_path(run: Path, split: str) -> Path:

@@ -14,10 +14,14 @@ from pathlib import Path
 import pandas as pd
 
 from kit import paths
+from kit import budget as B
+from kit.budget import Budget
 from kit.config import PRESETS, RunConfig, get_preset
 from kit.errors import KitError
-from kit.io import write_csv
-from kit.runs import new_run_dir, resolve_run
+from kit.io import write_csv, write_json
+from kit.log import say
+from kit.runs import BEST_WEIGHTS, TRAIN_STATE, new_run_dir, resolve_run, trained_epochs
+from kit.split import split_patients
 
 COCO_HEAD_LAYERS = ["mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_bbox", "mrcnn_mask"]
 
@@ -33,11 +37,30 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", type=Path, default=None,
                    help="initial weights file (e.g. mask_rcnn_coco.h5) for init=coco")
     p.add_argument("--runs-dir", type=Path, default=paths.RUNS_DIR)
+    p.add_argument("--time-budget", metavar="DURATION", default=None,
+                   help="wall-clock budget of the whole flow, e.g. 90s, 45m, 8h15m (default: "
+                        "$KIT_TIME_BUDGET, else none): training leaves predict/tune/submit/report "
+                        "their time, shortening epochs or stopping at a checkpoint")
+    p.add_argument("--preflight", action="store_true",
+                   help="first run the whole flow on 2 images, 1 step per stage, in a scratch "
+                        "folder; one error line and no training if anything fails")
+    p.add_argument("--scratch", type=Path, default=None,
+                   help="scratch folder of the preflight (default: --runs-dir)")
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from kit.budget import from_arg
+
+    budget = from_arg(args.time_budget)
+    if args.preflight and args.resume:
+        say("preflight skipped: a resumed run already ran its flow once")
+    elif args.preflight:
+        from kit.preflight import run_preflight
+
+        run_preflight(Path(args.data or paths.default_data_dir()), args.preset or default_preset(),
+                      args.set, args.weights, args.scratch or args.runs_dir, args.runs_dir)
     run = train(preset=args.preset, data_dir=args.data, overrides=args.set, resume=args.resume,
-                weights=args.weights, runs_dir=args.runs_dir)
+                weights=args.weights, runs_dir=args.runs_dir, budget=budget)
     print(f"run: {run}")
     return 0
 
@@ -49,24 +72,33 @@ def default_preset() -> str:
 
 
 def load_run_data(cfg: RunConfig, run: Path):
-    """The prepared cache, boxes and the run's split (written on first use, reused on resume)."""
+    """The prepared cache (train and test images), boxes, image classes and the run's split
+    (written on first use, reused on resume): a seeded n_val split, or fold ``fold`` of
+    ``folds`` stratified patient folds."""
     from kit.cache import prepare
-    from kit.labels import boxes_by_patient, read_labels
-    from kit.split import split_patients
+    from kit.dataset import image_classes
+    from kit.labels import boxes_by_patient, read_class_info, read_labels
 
     data_dir = Path(cfg.data_dir)
-    cache = prepare(data_dir, cfg.image_size, splits=("train",))
+    cache = prepare(data_dir, cfg.image_size, splits=("train", "test"))
     labels = read_labels(data_dir / paths.TRAIN_LABELS)
     boxes = boxes_by_patient(labels)
+    classes = (image_classes(read_class_info(data_dir / paths.CLASS_INFO))
+               if cfg.image_classifier and (data_dir / paths.CLASS_INFO).is_file() else {})
     if not (run / "val_ids.csv").is_file():
         cached = set(cache.ids("train"))
         usable = labels[labels.patientId.isin(cached)]
-        train_ids, val_ids = split_patients(usable, n_val=cfg.n_val, seed=cfg.split_seed)
+        if cfg.folds:
+            from kit.split import fold_split
+
+            train_ids, val_ids = fold_split(usable, cfg.folds, cfg.fold, seed=cfg.split_seed)
+        else:
+            train_ids, val_ids = split_patients(usable, n_val=cfg.n_val, seed=cfg.split_seed)
         write_csv(run / "train_ids.csv", pd.DataFrame({"patientId": list(train_ids)}))
         write_csv(run / "val_ids.csv", pd.DataFrame({"patientId": list(val_ids)}))
     train_ids = pd.read_csv(run / "train_ids.csv").patientId.astype(str).tolist()
     val_ids = pd.read_csv(run / "val_ids.csv").patientId.astype(str).tolist()
-    return cache, boxes, train_ids, val_ids
+    return cache, boxes, classes, train_ids, val_ids
 
 
 def init_weights(model, cfg: RunConfig, weights: Path | None) -> dict | None:
@@ -87,8 +119,14 @@ def init_weights(model, cfg: RunConfig, weights: Path | None) -> dict | None:
 
 def train(preset: str | None = None, data_dir: Path | None = None,
           overrides: list[str] | None = None, resume: str | None = None,
-          weights: Path | None = None, runs_dir: Path = paths.RUNS_DIR) -> Path:
-    """Train a preset (or resume a run) and return the run folder."""
+          weights: Path | None = None, runs_dir: Path = paths.RUNS_DIR,
+          budget: Budget | None = None) -> Path:
+    """Train a preset (or resume a run) and return the run folder.
+
+    With a ``budget`` the schedule is planned to leave the rest of the flow its time (see
+    kit.budget): the first epoch measures, the remaining epochs are shortened alike when they
+    would not fit, and training stops at the last step that leaves the reserve.
+    runs/<run>/train_state.json says how it ended (complete, or stopped by the budget)."""
     if resume:
         if preset or overrides:
             raise KitError("--resume continues a run with its saved config.json; "
@@ -105,16 +143,18 @@ def train(preset: str | None = None, data_dir: Path | None = None,
         run = new_run_dir(cfg.name, runs_dir)
         cfg.save(run / "config.json")
 
-    cache, boxes, train_ids, val_ids = load_run_data(cfg, run)
-    from kit.dataset import RSNADataset
+    cache, boxes, classes, train_ids, val_ids = load_run_data(cfg, run)
+    from kit.callbacks import BudgetMeter, EpochMetric, subset_ids
+    from kit.dataset import RSNADataset, as_rgb
     from kit.mrcnn.data import albumentations_augmentation
     from kit.mrcnn.model import MaskRCNN
 
-    train_ds = RSNADataset(cache.load, cache.size, train_ids, boxes)
-    val_ds = RSNADataset(cache.load, cache.size, val_ids, boxes)
-    print(f"train: {cfg.name} on {cfg.data_dir}: {len(train_ids)} train / {len(val_ids)} val "
-          f"images at {cfg.image_size} px, {cfg.backbone}, {cfg.total_epochs} epochs")
+    train_ds = RSNADataset(cache.load, cache.size, train_ids, boxes, classes)
+    val_ds = RSNADataset(cache.load, cache.size, val_ids, boxes, classes)
+    say(f"train: {cfg.name} on {cfg.data_dir}: {len(train_ids)} train / {len(val_ids)} val "
+        f"images at {cfg.image_size} px, {cfg.backbone}, {cfg.total_epochs} epochs, seed {cfg.seed}")
 
+    import keras
     import tensorflow as tf
 
     gpus = len(tf.config.list_physical_devices("GPU"))
@@ -123,28 +163,83 @@ def train(preset: str | None = None, data_dir: Path | None = None,
         mcfg.STEPS_PER_EPOCH = max(1, len(train_ids) // mcfg.BATCH_SIZE)
     if not cfg.validation_steps:
         mcfg.VALIDATION_STEPS = max(1, len(val_ids) // mcfg.BATCH_SIZE)
+    keras.utils.set_random_seed(cfg.seed)       # weight init; data order etc. follow mcfg.SEED
     model = MaskRCNN(mode="training", config=mcfg, model_dir=str(run))
     checkpoint = _last_checkpoint(model) if resume else None
     if checkpoint:
         model.load_weights(checkpoint, by_name=True)
-        print(f"resuming from {checkpoint} at epoch {model.epoch + 1}")
+        say(f"resuming from {checkpoint} at epoch {model.epoch + 1}")
     else:
         init_weights(model, cfg, weights)
 
+    t_build = time.time()
+    infer = MaskRCNN(mode="inference", config=cfg.mrcnn_config(), model_dir=str(run))
+    metric = EpochMetric(model, infer, subset_ids(val_ids, cfg.val_map_images, cfg.seed),
+                         lambda pid: as_rgb(cache.load(pid)), boxes, cache.size, run)
+    metric.measure()
+    build_s = time.time() - t_build
+    n_predict = len(val_ids) + len(cache.ids("test"))
+    meter = BudgetMeter(budget, detect_s=metric.detect_s, build_s=build_s,
+                        predict_images=n_predict, tta_passes=2 if cfg.tta == "flip" else 1,
+                        epoch_end_guess_s=metric.detect_s * len(metric.ids))
+    if budget:
+        say(f"time budget {B.format_duration(budget.seconds)}: "
+            f"{B.format_duration(budget.left())} left; reserve "
+            f"{B.format_duration(B.reserve_s(meter.costs()))} for predict ({n_predict} images, "
+            f"{metric.detect_s:.3f} s/image/pass) + tune/submit/report; the first epoch measures "
+            "the step time, then the plan is fixed")
+
     augmentation = albumentations_augmentation() if cfg.augmented else None
     start = time.time()
-    for stage, end in cfg.schedule:
-        if end <= model.epoch:
-            continue
-        print(f"stage: layers={stage.layers} epochs {model.epoch + 1}..{end} "
-              f"lr={cfg.learning_rate * stage.lr_factor:g} augment={stage.augment}")
+    scheduled = mcfg.STEPS_PER_EPOCH
+    for stage, end in _segments(cfg, model.epoch, calibrate=budget is not None):
+        if meter.stopped_at is not None:
+            break
+        if budget and meter.step_s is not None:
+            mcfg.STEPS_PER_EPOCH = _plan(budget, meter, cfg, model.epoch, scheduled)
+        say(f"stage: layers={stage.layers} epochs {model.epoch + 1}..{end} of "
+            f"{cfg.total_epochs}, {mcfg.STEPS_PER_EPOCH} steps each, "
+            f"lr={cfg.learning_rate * stage.lr_factor:g} augment={stage.augment}")
         model.train(train_ds, val_ds, learning_rate=cfg.learning_rate * stage.lr_factor,
                     epochs=end, layers=stage.layers,
                     augmentation=augmentation if stage.augment else None,
-                    workers=cfg.workers)
-    print(f"trained {cfg.total_epochs} epochs in {time.time() - start:.0f} s")
+                    custom_callbacks=[metric, meter], workers=cfg.workers)
+    done = trained_epochs(run)
+    state = {"epochs_done": done, "epochs_scheduled": cfg.total_epochs,
+             "complete": meter.stopped_at is None and done >= cfg.total_epochs,
+             "stopped_by_budget": meter.stopped_at is not None,
+             "steps_per_epoch": {"scheduled": scheduled, "last": mcfg.STEPS_PER_EPOCH},
+             "step_s": meter.step_s, "seconds": round(time.time() - start, 1)}
+    write_json(run / TRAIN_STATE, state)
+    say(f"trained to epoch {done} of {cfg.total_epochs} in {time.time() - start:.0f} s"
+        + (" (stopped by the time budget; `--resume` continues)" if state["stopped_by_budget"]
+           else ""))
     _finish_history(run, model)
     return run
+
+
+def _segments(cfg: RunConfig, done: int, calibrate: bool) -> list[tuple]:
+    """The schedule's (stage, end epoch) still to run; with ``calibrate`` the first one is
+    split after its first epoch, so the plan is made on a measured step time."""
+    out = [(stage, end) for stage, end in cfg.schedule if end > done]
+    if calibrate and out and out[0][1] > done + 1:
+        out.insert(0, (out[0][0], done + 1))
+    return out
+
+
+def _plan(budget: Budget, meter: BudgetMeter, cfg: RunConfig, done: int, scheduled: int) -> int:
+    """Steps per epoch for the rest of the schedule (kit.budget.plan_steps), logged."""
+    costs = meter.costs()
+    stages_left = sum(1 for _, end in cfg.schedule if end > done)
+    available = budget.left() - B.reserve_s(costs) - stages_left * meter.trace_s
+    epochs_left = cfg.total_epochs - done
+    steps = B.plan_steps(available, epochs_left, scheduled, costs)
+    eta = epochs_left * (steps * costs.step_s + costs.epoch_end_s)
+    say(f"plan: {epochs_left} epochs left x {steps} steps ({costs.step_s:.2f} s/step, "
+        f"{costs.epoch_end_s:.0f} s per epoch end) = ETA {B.format_duration(eta)}; "
+        f"budget left {B.format_duration(budget.left())}"
+        + (f"; shortened from {scheduled} steps per epoch to fit" if steps < scheduled else ""))
+    return steps
 
 
 def _last_checkpoint(model) -> str | None:
@@ -165,8 +260,16 @@ def _finish_history(run: Path, model) -> None:
         plot_history(pd.read_csv(run / "history.csv"), run / "curves.png")
 
 
-def checkpoint_of(run: Path) -> Path:
-    """The newest checkpoint of a run folder (searched recursively)."""
+def checkpoint_of(run: Path, which: str = "last") -> Path:
+    """A run's weights: ``last`` = the newest epoch checkpoint (searched recursively),
+    ``best`` = best.h5 (best val_map; the newest checkpoint when the run has none), else a path."""
+    if which not in ("best", "last"):
+        path = Path(which)
+        if not path.is_file():
+            raise KitError("checkpoint not found (use best, last or a .h5 file)", path=path)
+        return path
+    if which == "best" and (Path(run) / BEST_WEIGHTS).is_file():
+        return Path(run) / BEST_WEIGHTS
     found = sorted(Path(run).rglob("mask_rcnn_*.h5"))
     if not found:
         raise KitError(f"no checkpoint (mask_rcnn_*.h5) under {run}: train it first")

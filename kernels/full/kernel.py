@@ -1,5 +1,8 @@
 """Kaggle kernel `full`: train, predict, tune and write /kaggle/working/submission.csv in one session.
 
+Preflight first (the whole flow on 2 images), then the flow under the session's time budget
+(KIT_TIME_BUDGET, default 8h15m): training stops early enough for predict/tune/submit to finish.
+
 `python -m kit kernels build full` turns this into one self-contained script (the kit embedded).
 Locally, from the repo root: `PYTHONPATH=. python kernels/full/kernel.py --input DIR --dry-run`
 (or run the built script anywhere); the flags and KIT_* variables are in kit/kaggle/runtime.py.
@@ -11,8 +14,9 @@ from kit.kaggle import runtime
 
 def steps(k: runtime.KernelPaths) -> list:
     data = runtime.find_competition_data(k.input)
-    return [["submission", "--data", str(data), "--preset", k.preset,
-             "--workdir", str(k.working), "--out", str(k.working / "submission.csv")]]
+    return [["submission", "--data", str(data), "--preset", k.preset, *k.set_args(),
+             "--workdir", str(k.working), "--out", str(k.working / "submission.csv"),
+             *k.preflight_args()]]
 
 
 if __name__ == "__main__":

@@ -1,5 +1,9 @@
 """Kaggle kernel `train`: train a preset on the competition data; the run folder lands in
-/kaggle/working (attach this kernel's output to the `infer` kernel).
+/kaggle/working/runs (attach this kernel's output to the `infer` kernel).
+
+Pushed with `kernels push train --continue`, the kernel's own previous output is attached: it
+copies that run and resumes its last checkpoint, so a schedule longer than one session (9 h)
+runs as several sessions. Each session stops within its time budget at a checkpoint.
 
 `python -m kit kernels build train` turns this into one self-contained script (the kit embedded).
 """
@@ -10,7 +14,12 @@ from kit.kaggle import runtime
 
 def steps(k: runtime.KernelPaths) -> list:
     data = runtime.find_competition_data(k.input)
-    return [["train", "--data", str(data), "--preset", k.preset, "--runs-dir", str(k.working)]]
+    previous = runtime.find_previous_run(k.input)
+    if previous is not None:        # pushed with --continue: resume our previous version's run
+        run = runtime.working_copy(previous, k, data)
+        return [["train", "--resume", str(run), "--runs-dir", str(k.working / "runs")]]
+    return [["train", "--data", str(data), "--preset", k.preset, *k.set_args(),
+             "--runs-dir", str(k.working / "runs"), *k.preflight_args()]]
 
 
 if __name__ == "__main__":

@@ -93,8 +93,10 @@ def source_version(root: Path = paths.ROOT) -> str | None:
     return sha + ("-dirty" if dirty.strip() else "")
 
 
-def render_script(name: str, entry: str, bundle: bytes, source: str | None = None) -> str:
-    """The kernel script text: header (with the bundle's sha256), bundle, loader, entry script."""
+def render_script(name: str, entry: str, bundle: bytes, source: str | None = None,
+                  env: dict[str, str] | None = None) -> str:
+    """The kernel script text: header (with the bundle's sha256), bundle, loader, the build-time
+    settings ``env`` (environment defaults such as KIT_PRESET; the session's own win), entry."""
     sha = hashlib.sha256(bundle).hexdigest()
     n_files = len(zipfile.ZipFile(io.BytesIO(bundle)).namelist())
     b64 = base64.encodebytes(bundle).decode("ascii")
@@ -103,8 +105,13 @@ def render_script(name: str, entry: str, bundle: bytes, source: str | None = Non
               f"{SHA_LINE}{sha}\n"
               f"# kit bundle: {n_files} files, {len(bundle)} bytes zipped"
               f"{', source ' + source if source else ''}\n")
+    settings = ""
+    if env:
+        settings = ("# ---- build-time settings (kernels build --preset/--set/--time-budget) ----\n"
+                    + "".join(f"_os.environ.setdefault({k!r}, {v!r})\n"
+                              for k, v in sorted(env.items())) + "\n")
     return (f"{header}KIT_BUNDLE_SHA256 = {sha!r}\nKIT_BUNDLE = \"\"\"\n{b64}\"\"\"\n\n"
-            f"{LOADER}\n# ---- kernels/{name}/ entry script ----\n{entry}")
+            f"{LOADER}\n{settings}# ---- kernels/{name}/ entry script ----\n{entry}")
 
 
 def header_sha(script: str) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from kit import io, paths
 from kit.errors import KitError
-from kit.kaggle import bundle
+from kit.kaggle import bundle, runtime
 from kit.kaggle.creds import find_credentials, secret_values
 
 KERNELS_DIR = paths.ROOT / "kernels"
@@ -56,12 +56,24 @@ def _template(name: str, kernels_dir: Path) -> tuple[dict, Path]:
     return meta, folder
 
 
-def render_metadata(meta: dict, owner: str, datasets: list[str], meta_path: Path) -> dict:
-    """The template with ``{owner}`` filled in and extra dataset sources; checked like Kaggle does."""
+def render_metadata(meta: dict, owner: str, datasets: list[str], meta_path: Path,
+                    suffix: str | None = None, continue_: bool = False) -> dict:
+    """The template with ``{owner}`` filled in and extra dataset sources; checked like Kaggle does.
+
+    ``suffix`` makes a separate kernel (id ``owner/<slug>-<suffix>``, title ``<title> <suffix>``),
+    e.g. one per fold; ``continue_`` attaches the kernel's own previous output (kernel_sources),
+    so the train kernel resumes its last checkpoint."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", owner):
         raise KitError(f"owner {owner!r} is not a Kaggle user name", field="--owner")
     out = json.loads(json.dumps(meta).replace("{owner}", owner))
+    if suffix:
+        if not re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", suffix):
+            raise KitError(f"suffix {suffix!r}: use lower-case letters, digits and '-'",
+                           field="--suffix")
+        out["id"], out["title"] = f"{out['id']}-{suffix}", f"{out['title']} {suffix}"
     out["dataset_sources"] = list(out.get("dataset_sources", [])) + list(datasets)
+    if continue_:
+        out["kernel_sources"] = list(dict.fromkeys([*out.get("kernel_sources", []), out["id"]]))
     ref_owner, _, slug = out["id"].partition("/")
     if ref_owner != owner or "/" in slug or len(slug) < 5:
         raise KitError("must be '{owner}/<slug of 5+ characters>' without a version",
@@ -97,17 +109,23 @@ def resolve_owner_online() -> str:
 
 def build_kernel(name: str, owner: str, *, datasets: list[str] = (),
                  kernels_dir: Path = KERNELS_DIR, out_dir: Path = BUILD_DIR,
-                 kit_dir: Path = paths.ROOT / "kit") -> Path:
-    """Render kernels/<name>/ into ``out_dir/<name>/``; returns the built script's path.
+                 kit_dir: Path = paths.ROOT / "kit", preset: str | None = None,
+                 overrides: list[str] = (), time_budget: str | None = None,
+                 suffix: str | None = None, continue_: bool = False) -> Path:
+    """Render kernels/<name>/ into ``out_dir/<name>[-<suffix>]/``; returns the built script's path.
 
-    Refuses (writing nothing) when the script would hold a credential value or pass 1 MB."""
+    ``preset``, ``overrides`` (--set KEY=VALUE) and ``time_budget`` travel inside the script as
+    KIT_PRESET / KIT_SET / KIT_TIME_BUDGET defaults. Refuses (writing nothing) when the script
+    would hold a credential value or pass 1 MB."""
     meta, folder = _template(name, kernels_dir)
-    meta = render_metadata(meta, owner, list(datasets), folder / "kernel-metadata.json")
+    meta = render_metadata(meta, owner, list(datasets), folder / "kernel-metadata.json",
+                           suffix=suffix, continue_=continue_)
     entry_path = folder / meta["code_file"]
     if not entry_path.is_file():
         raise KitError("entry script not found", path=entry_path)
+    env = _build_env(preset, list(overrides), time_budget)
     script = bundle.render_script(name, entry_path.read_text(encoding="utf-8"),
-                                  bundle.kit_zip(kit_dir), bundle.source_version())
+                                  bundle.kit_zip(kit_dir), bundle.source_version(), env=env)
     if bundle.holds_secret(script, secret_values()):
         raise KitError("the built script contains a credential: refusing to write it",
                        path=out_dir / name)
@@ -115,11 +133,30 @@ def build_kernel(name: str, owner: str, *, datasets: list[str] = (),
     if size > bundle.MAX_SCRIPT_BYTES:
         raise KitError(f"built script is {size} bytes, over {bundle.MAX_SCRIPT_BYTES}: keep large "
                        "files out of kit/", path=entry_path)
-    target = Path(out_dir) / name
+    target = Path(out_dir) / (f"{name}-{suffix}" if suffix else name)
     io.write_text(target / meta["code_file"], script)
     io.write_json(target / "kernel-metadata.json", meta)
     print(f"built {target / meta['code_file']} ({size / 1024:.0f} KiB) for {meta['id']}")
     return target / meta["code_file"]
+
+
+def _build_env(preset: str | None, overrides: list[str], time_budget: str | None) -> dict:
+    """Environment defaults baked into a built script (checked here, not on Kaggle)."""
+    from kit.config import get_preset
+
+    env = {}
+    if preset or overrides:
+        get_preset(preset or "kaggle", overrides)          # a bad preset/--set fails now
+    if preset:
+        env[runtime.PRESET_ENV] = preset
+    if overrides:
+        env[runtime.SET_ENV] = json.dumps(overrides)
+    if time_budget:
+        from kit.budget import parse_duration
+
+        parse_duration(time_budget)
+        env["KIT_TIME_BUDGET"] = time_budget
+    return env
 
 
 def kernel_ref(name: str, owner: str | None, out_dir: Path = BUILD_DIR,
@@ -141,16 +178,31 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--build-dir", type=Path, default=BUILD_DIR, help="default: kernels/build")
 
 
+def _add_build(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", action="append", default=[], metavar="OWNER/SLUG",
+                   help="extra dataset_sources (e.g. one holding mask_rcnn_coco.h5); repeatable")
+    p.add_argument("--preset", default=None, help="preset the kernel trains (default: kaggle)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config overrides baked into the kernel, e.g. --set folds=5 --set fold=2")
+    p.add_argument("--time-budget", default=None, metavar="DURATION",
+                   help=f"the kernel's budget (default {runtime.DEFAULT_BUDGET}: a 9 h session "
+                        "with margin)")
+    p.add_argument("--suffix", default=None,
+                   help="a separate kernel <slug>-<suffix> (e.g. fold2), so several run at once")
+    p.add_argument("--continue", dest="continue_", action="store_true",
+                   help="attach the kernel's own previous output: the train kernel resumes "
+                        "its last checkpoint (a schedule longer than one session)")
+
+
 def add_kernels_args(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = sub.add_parser("build", help="render kernels/build/<NAME>/ (all kernels when no NAME)")
     p.add_argument("names", nargs="*", metavar="NAME")
-    p.add_argument("--dataset", action="append", default=[], metavar="OWNER/SLUG",
-                   help="extra dataset_sources (e.g. one holding mask_rcnn_coco.h5); repeatable")
+    _add_build(p)
     _add_common(p)
     p = sub.add_parser("push", help="build and push NAME (default: full)")
     p.add_argument("name", nargs="?", default="full", metavar="NAME")
-    p.add_argument("--dataset", action="append", default=[], metavar="OWNER/SLUG")
+    _add_build(p)
     _add_common(p)
     p = sub.add_parser("status", help="status of NAME on Kaggle")
     p.add_argument("name", metavar="NAME")
@@ -168,11 +220,16 @@ def add_kernels_args(parser: argparse.ArgumentParser) -> None:
     _add_common(p)
 
 
+def _build_options(args: argparse.Namespace) -> dict:
+    return dict(datasets=args.dataset, preset=args.preset, overrides=args.set,
+                time_budget=args.time_budget, suffix=args.suffix, continue_=args.continue_)
+
+
 def _push(args: argparse.Namespace) -> int:
     from kit.kaggle import api
 
     owner = args.owner or resolve_owner_online()
-    script = build_kernel(args.name, owner, datasets=args.dataset, out_dir=args.build_dir)
+    script = build_kernel(args.name, owner, out_dir=args.build_dir, **_build_options(args))
     result = api.push_kernel(script.parent)
     record = {"ref": result.ref, "url": result.url, "version": result.version,
               "bundle_sha256": bundle.header_sha(script.read_text(encoding="utf-8")),
@@ -180,7 +237,7 @@ def _push(args: argparse.Namespace) -> int:
     io.write_json(script.parent / PUSH_RECORD, record)
     ref = json.loads((script.parent / "kernel-metadata.json").read_text(encoding="utf-8"))["id"]
     print(f"pushed {ref} version {result.version}: {result.url}")
-    print(f"next: python -m kit kernels status {args.name} --wait")
+    print(f"next: python -m kit kernels status {script.parent.name} --wait")
     return 0
 
 
@@ -205,7 +262,7 @@ def run_kernels(args: argparse.Namespace) -> int:
     if args.action == "build":
         owner = resolve_owner(args.owner)
         for name in args.names or kernel_names():
-            build_kernel(name, owner, datasets=args.dataset, out_dir=args.build_dir)
+            build_kernel(name, owner, out_dir=args.build_dir, **_build_options(args))
         return 0
     if args.action == "push":
         return _push(args)

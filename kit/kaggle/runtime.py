@@ -10,12 +10,16 @@ flags, else environment variables, else Kaggle's own mounts:
 - ``--scratch`` / KIT_KAGGLE_SCRATCH (default /kaggle/temp on Kaggle, else $TMP/rsna-kit-scratch):
   the working directory the steps run in, so relative outputs such as the prepared-image cache
   (data/cache) stay out of /kaggle/working (whose files all become the kernel's output).
+- KIT_SET: config overrides, a JSON list of "KEY=VALUE" (``kernels build --set`` bakes it in)
+- KIT_TIME_BUDGET (default DEFAULT_BUDGET): the session's budget, counted from the kernel's start
+- KIT_PREFLIGHT (default 1): run the 2-image preflight before the long run; 0 skips it
 - ``--dry-run``: find the inputs, print the versions and the commands, run nothing.
 """
 from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import json
 import os
 import platform
 import re
@@ -31,7 +35,10 @@ from kit import paths
 from kit.errors import KitError
 
 INPUT_ENV, WORKING_ENV, SCRATCH_ENV = "KIT_KAGGLE_INPUT", "KIT_KAGGLE_WORKING", "KIT_KAGGLE_SCRATCH"
-PRESET_ENV, RUN_ENV = "KIT_PRESET", "KIT_RUN"
+PRESET_ENV, RUN_ENV, SET_ENV, PREFLIGHT_ENV = "KIT_PRESET", "KIT_RUN", "KIT_SET", "KIT_PREFLIGHT"
+# Kaggle stops a GPU session at 9 h (12 h is also cited): the flow plans to end by 8 h 15 m,
+# leaving 45 min for Kaggle's start-up, saving /kaggle/working and estimation error
+DEFAULT_BUDGET = "8h15m"
 DEFAULT_INPUT, DEFAULT_WORKING, DEFAULT_PRESET = Path("/kaggle/input"), Path("/kaggle/working"), "kaggle"
 SEARCH_DEPTH = 4   # folder levels below the input root searched for data and run folders
 
@@ -39,13 +46,23 @@ SEARCH_DEPTH = 4   # folder levels below the input root searched for data and ru
 @dataclass(frozen=True)
 class KernelPaths:
     """Where a kernel reads (``input``), writes its outputs (``working``) and runs (``scratch``),
-    the preset it trains, and whether it only prints its plan (``dry_run``)."""
+    the preset it trains (with ``overrides``), whether it runs the preflight, and whether it
+    only prints its plan (``dry_run``)."""
 
     input: Path
     working: Path
     scratch: Path
     preset: str
     dry_run: bool
+    overrides: tuple[str, ...] = ()
+    preflight: bool = True
+
+    def set_args(self) -> list[str]:
+        """``--set KEY=VALUE`` pairs of the overrides, for a kit command line."""
+        return [a for item in self.overrides for a in ("--set", item)]
+
+    def preflight_args(self) -> list[str]:
+        return ["--preflight", "--scratch", str(self.scratch)] if self.preflight else []
 
 
 def parse_args(argv: Sequence[str] | None = None) -> KernelPaths:
@@ -59,8 +76,13 @@ def parse_args(argv: Sequence[str] | None = None) -> KernelPaths:
     parser.add_argument("--preset", default=env.get(PRESET_ENV) or DEFAULT_PRESET)
     parser.add_argument("--dry-run", action="store_true")
     args, _ = parser.parse_known_args(argv)
+    try:
+        overrides = tuple(json.loads(env.get(SET_ENV) or "[]"))
+    except ValueError:
+        raise KitError(f"{SET_ENV} must be a JSON list of \"KEY=VALUE\" strings") from None
     return KernelPaths(args.input.resolve(), args.working.resolve(), args.scratch.resolve(),
-                       args.preset, args.dry_run)
+                       args.preset, args.dry_run, overrides,
+                       env.get(PREFLIGHT_ENV, "1").strip().lower() not in ("0", "false", "no"))
 
 
 def _scratch() -> Path:
@@ -117,6 +139,14 @@ def find_run(root: Path) -> Path:
     return max(found, key=run_order)
 
 
+def find_previous_run(root: Path) -> Path | None:
+    """The newest run folder with a checkpoint in the attached inputs (the train kernel's own
+    previous output when pushed with --continue), or None."""
+    found = _shallow_find(Path(root), lambda p: (p / "config.json").is_file()
+                          and any(p.rglob("mask_rcnn_*.h5")), SEARCH_DEPTH + 1)
+    return max(found, key=run_order) if found else None
+
+
 def run_order(run: Path) -> tuple[str, str]:
     """Sort key of run folders, newest last: the <YYYYmmdd-HHMMSS> stamp in the name, then the name."""
     stamp = re.search(r"\d{8}-\d{6}", run.name)
@@ -162,8 +192,19 @@ def main(steps: Callable[[KernelPaths], list[list[str]]],
     """Resolve folders, print versions, then run each step with ``kit.cli.main``; exit code."""
     from kit import cli
 
-    k = parse_args(argv)
-    print(f"input {k.input}  working {k.working}  scratch {k.scratch}  preset {k.preset}")
+    from kit.budget import Budget, format_duration
+    from kit.log import say
+
+    try:
+        k = parse_args(argv)
+        budget = Budget.start(os.environ.get("KIT_TIME_BUDGET") or DEFAULT_BUDGET)
+    except KitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    os.environ.update(budget.to_env())     # every step counts from the kernel's start
+    say(f"kernel: input {k.input}  working {k.working}  scratch {k.scratch}  preset {k.preset}"
+        f"{'  set ' + ' '.join(k.overrides) if k.overrides else ''}  time budget "
+        f"{format_duration(budget.seconds)}  preflight {'on' if k.preflight else 'off'}")
     report_versions(import_tf=not k.dry_run)
     try:
         plan = steps(k)
@@ -180,7 +221,8 @@ def main(steps: Callable[[KernelPaths], list[list[str]]],
             continue
         start = time.time()
         code = cli.main(argv_)
-        print(f"[{argv_[0]}: exit {code} after {time.time() - start:.0f} s]", flush=True)
+        say(f"{argv_[0]}: exit {code} after {time.time() - start:.0f} s; time budget left "
+            f"{format_duration(budget.left())}")
         if code:
             return code
     return 0
