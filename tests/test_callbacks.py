@@ -1,0 +1,93 @@
+"""kit.callbacks: the budget meter's timing and stop rule (fake clock), quick_map, subsets."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kit import budget as B
+from kit.callbacks import BudgetMeter, quick_map, subset_ids
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+class FakeModel:
+    stop_training = False
+
+
+def run_steps(meter, clock, durations, epoch=0):
+    meter.on_epoch_begin(epoch)
+    for i, d in enumerate(durations):
+        meter.on_train_batch_begin(i)
+        clock.t += d
+        meter.on_train_batch_end(i)
+        if meter.model.stop_training:
+            return i + 1
+    return len(durations)
+
+
+def make_meter(budget_s, clock):
+    meter = BudgetMeter(B.Budget(clock.t + budget_s, budget_s), detect_s=0.5, build_s=20.0,
+                        predict_images=100, tta_passes=2, epoch_end_guess_s=4.0, clock=clock)
+    meter.set_model(FakeModel())
+    meter.on_train_begin()
+    return meter
+
+
+def test_first_batch_is_tracing_and_steps_are_the_median():
+    clock = Clock()
+    meter = make_meter(10_000.0, clock)
+    assert run_steps(meter, clock, [30.0, 2.0, 2.0, 3.0, 2.0]) == 5
+    assert meter.trace_s == 30.0 and meter.step_s == 2.0
+    clock.t += 7.0                      # validation + val_map + checkpoint
+    meter.on_epoch_begin(1)
+    assert meter.epoch_ends == [7.0]
+    costs = meter.costs()
+    assert (costs.step_s, costs.epoch_end_s, costs.predict_images) == (2.0, 7.0, 100)
+    assert meter.stopped_at is None and not meter.model.stop_training
+
+
+def test_stops_at_the_last_step_that_leaves_the_reserve():
+    clock = Clock()
+    # reserve = 1.25 * (20 + 0.5 * 100 * 2) + 60 = 210 s; a step 2 s, the epoch end guessed at 4 s
+    meter = make_meter(210.0 + 4.0 + 2.0 + 30.0 + 10 * 2.0, clock)
+    steps = run_steps(meter, clock, [30.0] + [2.0] * 40)
+    # after the trace (30 s) and k steps, left = 36 + 20 - 2k; stop once left - 210 < 6 -> k = 11
+    assert steps == 12 and meter.stopped_at == 12 and meter.model.stop_training
+    assert meter.budget.left(clock.t) - B.reserve_s(meter.costs()) >= 0
+
+
+def test_no_budget_never_stops():
+    clock = Clock()
+    meter = BudgetMeter(None, 0.5, 20.0, 100, 2, clock=clock)
+    meter.set_model(FakeModel())
+    meter.on_train_begin()
+    assert run_steps(meter, clock, [1.0] * 20) == 20 and meter.stopped_at is None
+
+
+def test_quick_map_takes_the_best_threshold():
+    gt = {"a": np.array([[100.0, 100.0, 200.0, 200.0]]), "b": np.zeros((0, 4))}
+    raw = pd.DataFrame({"patientId": ["a", "b"], "score": [0.9, 0.3],
+                        "x": [100.0, 500.0], "y": [100.0, 500.0], "w": [200.0, 50.0],
+                        "h": [200.0, 50.0]})
+    value, threshold = quick_map(raw, gt)
+    # threshold above 0.3 drops b's false box: a scores 1, b is excluded -> mAP 1.0
+    assert value == 1.0 and threshold == 0.35
+    assert quick_map(raw.iloc[:0], gt) == (0.0, 0.1)
+
+
+@pytest.mark.parametrize("n", [0, 3, 10])
+def test_subset_ids_is_seeded_and_keeps_order(n):
+    ids = [f"p{i}" for i in range(8)]
+    pick = subset_ids(ids, n, seed=5)
+    assert pick == subset_ids(ids, n, seed=5)
+    assert len(pick) == (n if 0 < n < 8 else 8)
+    assert pick == [p for p in ids if p in pick]
+    if n == 3:
+        assert pick != subset_ids(ids, n, seed=6) or pick != subset_ids(ids, n, seed=7)
