@@ -1,10 +1,27 @@
-# rsna-kit. Every target sets up .venv on first use (keyed on requirements.txt's hash).
+# rsna-kit. Every target sets up .venv on first use (keyed on requirements.txt's hash and on GPU).
 # Each target is one `python -m kit ...` line; `make help` lists them.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.stamp-$(shell $(PYTHON) -c "import hashlib;print(hashlib.sha256(open('requirements.txt','rb').read()).hexdigest()[:12])")
+HASH = $(shell $(PYTHON) -c "import hashlib;print(hashlib.sha256(open('$(1)','rb').read()).hexdigest()[:12])")
+
+# GPU=1: TensorFlow's CUDA build (tensorflow[and-cuda], same version as requirements.txt's
+# tensorflow-cpu); GPU=0 or empty: the CPU build. Default: 1 when `nvidia-smi -L` lists a GPU.
+GPU ?= $(shell nvidia-smi -L 2>/dev/null | grep -q '^GPU ' && echo 1)
+GPU_ON := $(filter 1,$(strip $(GPU)))
+STAMP := $(VENV)/.stamp-$(call HASH,requirements.txt)$(if $(GPU_ON),-gpu)
+# stamps of the other build: switching builds starts from a fresh .venv
+OTHER_STAMPS = $(if $(GPU_ON),$(filter-out %-gpu,$(wildcard $(VENV)/.stamp-*)),$(filter %-gpu,$(wildcard $(VENV)/.stamp-*)))
+TF_CHECK := $(PY) -c "import tensorflow as tf; print(tf.config.list_physical_devices('\''GPU'\''))"
+
+# Kaggle's image as a test target: its own venv (never .venv) from requirements-kaggle.txt with a
+# Python 3.12: the first python3.12 on PATH that runs, else the newest pyenv 3.12.x.
+KAGGLE_PYTHON ?= $(shell if python3.12 -c "" >/dev/null 2>&1; then echo python3.12; else \
+	ls -d "$$(pyenv root 2>/dev/null || echo "$${PYENV_ROOT:-$$HOME/.pyenv}")"/versions/3.12*/bin/python3.12 \
+	2>/dev/null | sort -V | tail -n 1; fi)
+KAGGLE_VENV := .kaggle-env
+KAGGLE_STAMP := $(KAGGLE_VENV)/.stamp-$(call HASH,requirements-kaggle.txt)
 
 PRESET ?=
 RUN ?= latest
@@ -19,19 +36,35 @@ LABELS_ARG := $(if $(LABELS),--labels $(LABELS))
 
 .PHONY: help setup test submission data demo-data labels prepare train predict tune submit \
         validate score leaderboard report kernels kernels-push kernels-status kernels-output \
-        kaggle-scores bench bench-peers clean
+        kaggle-scores kaggle-env bench bench-peers clean
 
-help:
+help: ## list the targets with what each does
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/' | expand -t 16
 
 $(STAMP): requirements.txt
+	@echo "setup: installing $(VENV) with the $(if $(GPU_ON),GPU build of TensorFlow (GPU=1),CPU build of TensorFlow (GPU=0)); make setup GPU=1 or GPU=0 forces one"
+	$(if $(OTHER_STAMPS),rm -rf $(VENV))
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -r requirements.txt
+	$(if $(GPU_ON),$(GPU_SWAP))
 	rm -f $(VENV)/.stamp-*
 	touch $@
 
-setup: $(STAMP) ## create .venv from requirements.txt (every target does this on first use)
+# tensorflow-cpu -> tensorflow[and-cuda] of the same version. Both wheels own the same tensorflow/
+# files, so tensorflow is (re)written after tensorflow-cpu is gone; where requirements.txt installs
+# plain tensorflow (no tensorflow-cpu), only the CUDA libraries are added.
+GPU_SWAP = v=$$($(VENV)/bin/pip show tensorflow-cpu 2>/dev/null | sed -n 's/^Version: //p'); \
+	if [ -n "$$v" ]; then $(VENV)/bin/pip uninstall -y -q tensorflow-cpu && \
+	$(VENV)/bin/pip install -q --force-reinstall --no-deps "tensorflow==$$v"; \
+	else v=$$($(VENV)/bin/pip show tensorflow | sed -n 's/^Version: //p'); fi; \
+	$(VENV)/bin/pip install -q "tensorflow[and-cuda]==$$v"
+
+setup: $(STAMP) ## create .venv from requirements.txt (every target does this on first use; GPU=1/0)
+	@v=$$($(VENV)/bin/pip show tensorflow-cpu 2>/dev/null | sed -n 's/^Version: //p'); \
+	if [ -n "$$v" ]; then b="the CPU build of TensorFlow (tensorflow-cpu $$v; GPU=1 installs the GPU build)"; \
+	else b="tensorflow $$($(VENV)/bin/pip show tensorflow 2>/dev/null | sed -n 's/^Version: //p')$(if $(GPU_ON), (GPU build, CUDA libraries from pip))"; fi; \
+	echo "setup: $(VENV) has $$b; check: "'$(TF_CHECK)'
 
 test: $(STAMP) ## run the test suite
 	$(PY) -m pytest -q
@@ -93,8 +126,19 @@ kaggle-scores: $(STAMP) ## public/private scores of our Kaggle submissions
 bench: $(STAMP) ## benchmarks (JSON on stdout; the torchvision comparison needs bench-peers)
 	$(PY) bench/run.py
 
+kaggle-env: $(KAGGLE_STAMP) ## build .kaggle-env: Kaggle's image pinned (requirements-kaggle.txt, Python 3.12)
+
+$(KAGGLE_STAMP):
+	@if [ -z "$(KAGGLE_PYTHON)" ]; then echo "kaggle-env: no Python 3.12 found (no working python3.12 on PATH, none under \$$(pyenv root)/versions/3.12*). Install one (pyenv install 3.12) or pass KAGGLE_PYTHON=/path/to/python3.12" >&2; exit 1; fi
+	@$(KAGGLE_PYTHON) -c "import sys; sys.exit(sys.version_info[:2] != (3, 12))" 2>/dev/null || { echo "kaggle-env: KAGGLE_PYTHON=$(KAGGLE_PYTHON) is not a working Python 3.12 (Kaggle's image runs 3.12)" >&2; exit 1; }
+	rm -rf $(KAGGLE_VENV)
+	$(KAGGLE_PYTHON) -m venv $(KAGGLE_VENV)
+	$(KAGGLE_VENV)/bin/pip install -q --upgrade pip
+	$(KAGGLE_VENV)/bin/pip install -q -r requirements-kaggle.txt
+	touch $@
+
 bench-peers: ## torch + torchvision for bench/compare.py, in .bench/venv (never in .venv)
 	$(PYTHON) -m venv .bench/venv && .bench/venv/bin/pip install -q -r bench/requirements.txt
 
-clean: ## remove .venv (data/, runs/ and submissions/ are kept)
-	rm -rf $(VENV)
+clean: ## remove .venv and .kaggle-env (data/, runs/ and submissions/ are kept)
+	rm -rf $(VENV) $(KAGGLE_VENV)
