@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("kit.cache", "decode + resize DICOMs into the prepared-image cache"),
     "train": ("kit.train", "train Mask R-CNN with a preset's schedule"),
     "predict": ("kit.predict", "raw (unthresholded) detections for val or test"),
+    "ensemble": ("kit.ensemble", "fuse runs' raw tables (folds or seeds) into a new run folder"),
     "tune": ("kit.tune", "sweep post-processing on raw val detections -> postprocess.json"),
     "submit": ("kit.submission", "raw test detections + postprocess.json -> submission CSV"),
     "validate": ("kit.submission", "check a submission CSV against the sample submission"),

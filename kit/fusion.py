@@ -38,7 +38,7 @@ from kit.runs import RAW_COLUMNS
 CONF_TYPES = ("avg", "max", "box_and_model_avg")
 
 
-def _check_weights(weights: Sequence[float] | None, n_models: int) -> np.ndarray:
+def check_weights(weights: Sequence[float] | None, n_models: int) -> np.ndarray:
     """Model weights as float64 (n_models,): ones by default; each finite and > 0."""
     if weights is None:
         return np.ones(n_models)
@@ -90,7 +90,7 @@ def weighted_boxes_fusion(boxes_list: Sequence[np.ndarray], scores_list: Sequenc
         raise KitError(f"box fusion: {len(boxes_list)} box sets but {len(scores_list)} score sets")
     if not 0.0 <= iou_thr <= 1.0:
         raise KitError(f"box fusion: iou_thr must be in [0, 1] (got {iou_thr})")
-    w = _check_weights(weights, len(boxes_list))
+    w = check_weights(weights, len(boxes_list))
     boxes, scores, models = _prefilter(boxes_list, scores_list, w, skip_box_thr)
     # clusters, in creation order; Python floats: tiny per-image sets, exact IEEE float64
     fused: list[list[float]] = []       # current fused box per cluster [x1, y1, x2, y2]
@@ -162,7 +162,7 @@ def fuse_raw(tables: Sequence[pd.DataFrame], weights: Sequence[float] | None = N
     """
     if not tables:
         raise KitError("box fusion: no tables to fuse")
-    w = _check_weights(weights, len(tables))
+    w = check_weights(weights, len(tables))
     side = float(paths.IMAGE_SIZE)
     grouped: list[tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]] = []
     order: dict[str, None] = {}

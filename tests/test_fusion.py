@@ -27,7 +27,8 @@ def test_a_box_only_one_model_found_is_averaged_over_all_models():
                         [[0.8, 0.5], [0.7]])
     # cluster 1: [0.6..] from both (score (0.5 + 0.7) / 2); cluster 0: model 0 alone (0.8 / 2)
     np.testing.assert_allclose(scores, [0.6, 0.4], atol=1e-15)
-    np.testing.assert_allclose(boxes[0], [0.6, 0.6, 0.9, (0.5 * 0.9 + 0.7 * 0.95) / 1.2], atol=1e-15)
+    np.testing.assert_allclose(boxes[0], [0.6, 0.6, 0.9, (0.5 * 0.9 + 0.7 * 0.95) / 1.2],
+                               atol=1e-15)
     np.testing.assert_allclose(boxes[1], [0.1, 0.1, 0.3, 0.3], atol=1e-15)
 
 
