@@ -1,20 +1,52 @@
 """Atomic file output: write to a temp file in the same folder, then rename over the target.
 
 A reader never sees a half-written file, and a killed process leaves the old file (or none).
+The file gets the permissions a plain ``open(path, "w")`` would give: those of the file it
+replaces, else ``0o666 & ~umask`` (not the temp file's private 0o600).
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import stat
 import tempfile
+import threading
 from pathlib import Path
 from typing import IO, Any, Iterator
 
 
+PROC_STATUS = Path("/proc/self/status")    # Linux >= 4.7 shows the umask here ("Umask:\t0022")
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (/proc on Linux); else
+    set and restored at once under a lock (os.umask can only be read by setting it)."""
+    try:
+        for line in PROC_STATUS.read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def output_mode(path: Path) -> int:
+    """Permission bits for a new version of ``path``: its current ones, else 0o666 & ~umask."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~current_umask()
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
-    """Open a temp file next to ``path``; on clean exit fsync and rename it to ``path``."""
+    """Open a temp file next to ``path``; on clean exit fsync, give it :func:`output_mode` and
+    rename it to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -24,6 +56,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, output_mode(path))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
