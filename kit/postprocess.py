@@ -2,23 +2,29 @@
 
 Raw detections (kit.runs.RAW_COLUMNS): ``patientId,score,x,y,w,h``, boxes top-left ``[x, y, w,
 h]`` in pixels of the ORIGINAL 1024-px image, unthresholded, any number of rows per image.
+Image scores (kit.runs.IMAGE_COLUMNS, ``raw_<split>_images.csv`` beside it): ``patientId,
+p_opacity``, the image classifier's P(Lung Opacity) of every predicted image.
 
 :meth:`PostProcess.apply` runs, per image, in this order (kit.tune sweeps exactly this):
 
-1. image gate: drop every box of an image whose best raw score is below ``image_threshold``;
-2. optional NMS (``nms_iou``): in rank order, drop a box whose IoU with a kept box is > nms_iou;
-3. keep boxes with ``score >= score_threshold``;
-4. keep the ``max_boxes`` best ranked (rank: score descending, equal scores later input first,
+1. classifier gate: drop every box of an image whose ``p_opacity < opacity_threshold``
+   (0, the default, turns it off and needs no image scores);
+2. image gate: drop every box of an image whose best raw score is below ``image_threshold``;
+3. optional NMS (``nms_iou``): in rank order, drop a box whose IoU with a kept box is > nms_iou;
+4. keep boxes with ``score >= score_threshold``;
+5. keep the ``max_boxes`` best ranked (rank: score descending, equal scores later input first,
    the metric's own ranking);
-5. scale w, h by ``box_scale`` about each box's centre, then clip to the 1024-px frame.
+6. scale w, h by ``box_scale`` about each box's centre, then clip to the 1024-px frame.
 
-Kept boxes stay in input order, so the metric ranks them exactly as the tuner did.
+Both gates act on whole images and on the raw table, so they commute with each other and
+with steps 3-6. Kept boxes stay in input order, so the metric ranks them as the tuner did.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -27,7 +33,7 @@ from kit import paths
 from kit.errors import KitError
 from kit.io import read_csv, write_json
 from kit.metric import iou_matrix, rank_order
-from kit.runs import RAW_COLUMNS
+from kit.runs import IMAGE_COLUMNS, RAW_COLUMNS
 
 Preds = dict[str, tuple[np.ndarray, np.ndarray]]   # patientId -> (scores (n,), boxes (n,4) xywh)
 
@@ -41,6 +47,8 @@ class PostProcess:
     box_scale: factor on w and h about the box centre (pixels stay pixels; > 0).
     max_boxes: at most this many boxes per image (>= 1).
     nms_iou: if set, non-maximum suppression at this IoU (0 < nms_iou <= 1) before the rest.
+    opacity_threshold: keep an image's boxes only if the classifier's p_opacity >= this (0..1;
+        0 = off). Files written before this field existed load with 0.
     """
 
     score_threshold: float
@@ -48,6 +56,7 @@ class PostProcess:
     box_scale: float
     max_boxes: int
     nms_iou: float | None = None
+    opacity_threshold: float = 0.0
 
     def __post_init__(self) -> None:
         checks = [(0 <= self.score_threshold <= 1, "score_threshold must be in [0, 1]"),
@@ -55,7 +64,8 @@ class PostProcess:
                   (self.box_scale > 0, "box_scale must be > 0"),
                   (int(self.max_boxes) == self.max_boxes and self.max_boxes >= 1,
                    "max_boxes must be an integer >= 1"),
-                  (self.nms_iou is None or 0 < self.nms_iou <= 1, "nms_iou must be in (0, 1]")]
+                  (self.nms_iou is None or 0 < self.nms_iou <= 1, "nms_iou must be in (0, 1]"),
+                  (0 <= self.opacity_threshold <= 1, "opacity_threshold must be in [0, 1]")]
         for ok, message in checks:
             if not ok:
                 raise KitError(f"post-processing: {message} (got {self})")
@@ -77,9 +87,11 @@ class PostProcess:
             raise KitError(f"not a post-processing JSON ({exc}); rerun `python -m kit tune`",
                            path=path) from None
 
-    def apply(self, raw: pd.DataFrame) -> Preds:
+    def apply(self, raw: pd.DataFrame, image_scores: Mapping[str, float] | None = None) -> Preds:
         """Raw detections -> predictions for every image that keeps at least one box.
 
+        ``image_scores``: patientId -> p_opacity (:func:`read_image_scores`); needed, for every
+        image with raw rows, when ``opacity_threshold > 0`` (KitError otherwise), else unused.
         Images without kept boxes are absent from the result (scorers and the submission
         writer treat absent as "no box").
         """
@@ -88,6 +100,9 @@ class PostProcess:
         keep = np.zeros(len(scores), bool)
         best = pd.Series(scores).groupby(codes).transform("max").to_numpy() if len(codes) else scores
         keep[best >= self.image_threshold] = True
+        if self.opacity_threshold > 0:
+            p = opacity_of(ids, image_scores, self.opacity_threshold)
+            keep &= (p >= self.opacity_threshold)[codes]
         if self.nms_iou is not None:
             keep &= nms_mask(codes, scores, boxes, self.nms_iou)
         keep &= scores >= self.score_threshold
@@ -99,6 +114,21 @@ class PostProcess:
         for code, rows in pd.Series(np.arange(len(idx))).groupby(codes[idx]).indices.items():
             out[str(ids[code])] = (scores[idx][rows], out_boxes[rows])
         return out
+
+
+def opacity_of(ids: "Sequence[str] | np.ndarray", image_scores: Mapping[str, float] | None,
+               threshold: float) -> np.ndarray:
+    """p_opacity (float64) of each id; KitError when the scores or an id are missing."""
+    rerun = ("rerun `python -m kit predict` (it writes raw_<split>_images.csv), or tune "
+             "without the classifier gate")
+    if image_scores is None:
+        raise KitError(f"opacity_threshold {threshold:g} gates on the image classifier's "
+                       f"p_opacity, but this run has no image scores: {rerun}")
+    missing = [str(p) for p in ids if p not in image_scores]
+    if missing:
+        raise KitError(f"{len(missing)} images with detections have no p_opacity in the image "
+                       f"scores (first: {missing[0]!r}): {rerun}")
+    return np.fromiter((image_scores[p] for p in ids), np.float64, len(ids))
 
 
 def raw_arrays(raw: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -173,6 +203,32 @@ def read_raw(path: str | Path) -> pd.DataFrame:
     fail((x >= side) | (x + w <= 0), "x", f"box lies outside the {side}-px frame")
     fail((y >= side) | (y + h <= 0), "y", f"box lies outside the {side}-px frame")
     return raw
+
+
+def read_image_scores(path: str | Path) -> dict[str, float]:
+    """An image scores CSV (IMAGE_COLUMNS) -> patientId -> p_opacity; KitError names file, row,
+    field (empty or duplicate patientId, p_opacity not a number or outside [0, 1])."""
+    path = Path(path)
+    df = read_csv(path, IMAGE_COLUMNS, dtype={"patientId": str}, keep_default_na=False,
+                  not_found="image scores not found: run `python -m kit predict` first")
+    ids = df["patientId"].str.strip()
+    p = pd.to_numeric(df["p_opacity"], errors="coerce").to_numpy(np.float64)
+    for bad, field, message in [((ids == "").to_numpy(), "patientId", "empty patientId"),
+                                (ids.duplicated().to_numpy(), "patientId", "duplicate patientId"),
+                                (~np.isfinite(p), "p_opacity", "not a number"),
+                                ((p < 0) | (p > 1), "p_opacity", "p_opacity must be in [0, 1]")]:
+        if bad.any():
+            raise KitError(message, path=path, row=int(np.flatnonzero(bad)[0]) + 2, field=field)
+    return dict(zip(ids, p.tolist()))
+
+
+def image_scores_beside(raw_path: str | Path) -> dict[str, float] | None:
+    """The image scores next to a raw table, or None when there is no such file (runs predicted
+    before the image classifier existed). ``runs/<run>/raw_val.csv`` -> ``raw_val_images.csv``
+    (kit.runs.image_scores_path); any ``X.csv`` -> ``X_images.csv``."""
+    raw_path = Path(raw_path)
+    path = raw_path.with_name(f"{raw_path.stem}_images.csv")
+    return read_image_scores(path) if path.exists() else None
 
 
 def read_ids(path: str | Path) -> list[str]:

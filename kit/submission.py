@@ -195,11 +195,12 @@ def add_submit_args(p: argparse.ArgumentParser) -> None:
 
 def run_submit(args: argparse.Namespace) -> int:
     from kit.labels import read_sample_submission
-    from kit.postprocess import PostProcess, read_raw
+    from kit.postprocess import PostProcess, image_scores_beside, read_raw
     from kit.runs import resolve_run
 
     run = resolve_run(args.run, args.runs_dir)
     raw = read_raw(run / "raw_test.csv")
+    image_scores = image_scores_beside(run / "raw_test.csv")      # None: a run from before
     post = PostProcess.from_json(run / "postprocess.json")
     data_dir = None
     if (run / "config.json").is_file():
@@ -215,7 +216,7 @@ def run_submit(args: argparse.Namespace) -> int:
     if strays:
         raise KitError(f"{len(strays)} patientIds are not test images of {sample_path} (first: "
                        f"{strays[0]!r}); predict on this data set's test split", path=run / "raw_test.csv")
-    frame = submission_frame(post.apply(raw), ids)
+    frame = submission_frame(post.apply(raw, image_scores), ids)
     out = Path(args.out or paths.SUBMISSIONS_DIR / f"{run.name}.csv")
     problems = frame_problems(frame, out, ids)
     if problems:

@@ -104,6 +104,18 @@ def test_submit_writes_validates_and_refuses_to_clobber(in_tmp, capsys, monkeypa
     assert sent == [(Path("submissions/r1.csv"), "hello")] and "0.9000" in out.read_text()
 
 
+def test_submit_applies_the_classifier_gate_with_the_runs_image_scores(in_tmp, capsys):
+    run = make_run(in_tmp, [("t1", 0.8, 0, 0, 50, 50), ("t2", 0.9, 10, 10, 100, 100)],
+                   post=PostProcess(0.5, 0.0, 1.0, 2, opacity_threshold=0.4))
+    assert cli.main(["submit", "--run", "r1"]) == 2            # the gate needs the image scores
+    assert "no image scores: rerun `python -m kit predict`" in capsys.readouterr().err
+    assert not (in_tmp / "submissions").exists()
+    (run / "raw_test_images.csv").write_text("patientId,p_opacity\nt1,0.39\nt2,0.4\n")
+    assert cli.main(["submit", "--run", "r1"]) == 0
+    assert (in_tmp / "submissions" / "r1.csv").read_text() == (
+        "patientId,PredictionString\nt1,\nt2,0.9000 10.0 10.0 100.0 100.0\n")
+
+
 def test_submit_rejects_ids_outside_the_sample(in_tmp, capsys):
     make_run(in_tmp, [("stranger", 0.9, 10, 10, 100, 100)])
     assert cli.main(["submit", "--run", "r1"]) == 2
