@@ -1,16 +1,23 @@
 """``tune``: sweep post-processing settings on raw validation detections -> postprocess.json.
 
-The grid is score_threshold x box_scale x max_boxes x image_threshold (``nms_iou`` is fixed,
-not swept). Every setting is scored with the competition metric, vectorised across settings:
+The grid is box_scale x score_threshold x max_boxes x image_threshold x opacity_threshold
+(``nms_iou`` is fixed, not swept; the classifier gate ``opacity_threshold`` only when the run has
+image scores, raw_val_images.csv, else it stays 0). Every setting is scored with the
+competition metric, vectorised across settings:
 
 * with the predictions of an image ranked once (kit.metric's ranking), every setting keeps a
-  PREFIX of that ranking: L = min(#scores >= threshold, max_boxes), or 0 when the image's best
-  score is below the image gate (NMS commutes with the score threshold, so it runs first);
+  PREFIX of that ranking: L = min(#scores >= threshold, max_boxes), or 0 when the image fails
+  a gate (NMS commutes with the score threshold, so it runs first);
 * matching a prefix gives the prefix of the full matching (kit.metric.match_predictions), so
   per box scale ONE matching yields the image score for every L (kit.metric.prefix_image_scores);
-* a setting's mAP is then a gather of those tables at L and a mean over non-excluded images.
+* the gates only choose, per image, between its score at L and its score at 0 (0 when it has
+  ground truth, excluded when not), and both are thresholds: an image passes the g smallest
+  box-score gates and the o smallest classifier gates. Per box scale, images are summed into
+  (g, o) cells once; the gated-in sums of every gate pair are 2-D suffix sums of those cells,
+  so the gate grids cost almost nothing. A setting's mAP is total / counted.
 
-The score of a setting equals ``score_dataset(gt, PostProcess(...).apply(raw))`` (tested).
+The score of a setting equals ``score_dataset(gt, PostProcess(...).apply(raw, image_scores))``
+(tested on every setting of a random grid).
 """
 from __future__ import annotations
 
@@ -26,32 +33,40 @@ from tqdm import tqdm
 from kit import paths
 from kit.errors import KitError
 from kit.metric import make_batch, match_predictions, prefix_image_scores
-from kit.postprocess import PostProcess, nms_mask, raw_arrays, read_ids, read_raw, scale_boxes
+from kit.postprocess import (PostProcess, image_scores_beside, nms_mask, opacity_of, raw_arrays,
+                             read_ids, read_raw, scale_boxes)
 
 THRESHOLDS = tuple(round(0.01 * i, 2) for i in range(100))          # 0.00 .. 0.99
 SCALES = tuple(round(0.775 + 0.025 * i, 3) for i in range(10))      # 0.775 .. 1.0
 MAX_BOXES = (1, 2, 3, 4)
 IMAGE_THRESHOLDS = tuple(round(0.1 * i, 1) for i in range(10))       # 0.0 .. 0.9
+# classifier gate: 0 (off), then finer below 0.5, where a classifier trained on ~23% positives
+# puts most of the negatives it is unsure of
+OPACITY_THRESHOLDS = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6,
+                      0.7, 0.8, 0.9)
 CHUNK = 512   # images per vectorised block (bounds memory: CHUNK x settings floats)
 
 
 @dataclass(frozen=True)
 class Sweep:
-    """mAP of every setting: ``map[scale, threshold, max_boxes, image_threshold]`` (NaN: all
-    images excluded)."""
+    """mAP of every setting: ``map[scale, threshold, max_boxes, image_threshold,
+    opacity_threshold]`` (NaN: all images excluded)."""
 
     scales: tuple[float, ...]
     thresholds: tuple[float, ...]
     max_boxes: tuple[int, ...]
     image_thresholds: tuple[float, ...]
+    opacity_thresholds: tuple[float, ...]
     nms_iou: float | None
     map: np.ndarray
     n_images: int
 
-    def setting(self, index: tuple[int, int, int, int]) -> PostProcess:
-        s, t, m, g = index
-        return PostProcess(score_threshold=self.thresholds[t], image_threshold=self.image_thresholds[g],
-                           box_scale=self.scales[s], max_boxes=self.max_boxes[m], nms_iou=self.nms_iou)
+    def setting(self, index: tuple[int, ...]) -> PostProcess:
+        s, t, m, g, o = index
+        return PostProcess(score_threshold=self.thresholds[t],
+                           image_threshold=self.image_thresholds[g], box_scale=self.scales[s],
+                           max_boxes=self.max_boxes[m], nms_iou=self.nms_iou,
+                           opacity_threshold=self.opacity_thresholds[o])
 
     def top(self, n: int = 10) -> list[tuple[PostProcess, float]]:
         """The n best settings, best first (ties: first in grid order)."""
@@ -67,14 +82,18 @@ class Sweep:
 def sweep(raw: pd.DataFrame, gt: Mapping[str, np.ndarray], *,
           thresholds: Sequence[float] = THRESHOLDS, scales: Sequence[float] = SCALES,
           max_boxes: Sequence[int] = MAX_BOXES, image_thresholds: Sequence[float] = IMAGE_THRESHOLDS,
+          opacity_thresholds: Sequence[float] = (0.0,),
+          image_scores: Mapping[str, float] | None = None,
           nms_iou: float | None = None, progress: bool = False) -> Sweep:
     """Score every setting of the grid on the images of ``gt`` (all of them, with or without rows).
 
-    ``raw``: raw detections (RAW_COLUMNS, xywh in 1024-px pixels); ``gt``: patientId -> (k,4) xywh.
-    Raw rows for an id not in ``gt`` raise KitError.
+    ``raw``: raw detections (RAW_COLUMNS, xywh in 1024-px pixels); ``gt``: patientId -> (k,4) xywh;
+    ``image_scores``: patientId -> p_opacity, needed (for every image with raw rows) when an
+    opacity threshold is > 0. Raw rows for an id not in ``gt`` raise KitError.
     """
     for name, values, ok in [("thresholds", thresholds, lambda v: 0 <= v <= 1),
                              ("image thresholds", image_thresholds, lambda v: 0 <= v <= 1),
+                             ("opacity thresholds", opacity_thresholds, lambda v: 0 <= v <= 1),
                              ("scales", scales, lambda v: v > 0),
                              ("max boxes", max_boxes, lambda v: int(v) == v and v >= 1)]:
         bad = [v for v in values if not ok(v)]
@@ -86,6 +105,10 @@ def sweep(raw: pd.DataFrame, gt: Mapping[str, np.ndarray], *,
     if strays:
         raise KitError(f"{len(strays)} patientIds of the raw detections are not in the labels "
                        f"(first: {strays[0]!r}); tune on the validation images")
+    opacity = np.asarray(opacity_thresholds, np.float64)
+    with_rows = pd.unique(pid)
+    p_opacity = dict(zip(with_rows, opacity_of(with_rows, image_scores, opacity.max())
+                         if opacity.max() > 0 else np.ones(len(with_rows))))
     if nms_iou is not None:
         keep = nms_mask(pd.factorize(pid)[0], scores, boxes, nms_iou)
         pid, scores, boxes = pid[keep], scores[keep], boxes[keep]
@@ -95,36 +118,56 @@ def sweep(raw: pd.DataFrame, gt: Mapping[str, np.ndarray], *,
     thr = np.asarray(thresholds, np.float64)
     mb = np.asarray(max_boxes, np.int64)
     gate = np.asarray(image_thresholds, np.float64)
-    total = np.zeros((len(scales), len(thr), len(mb), len(gate)))
-    counted = np.zeros_like(total)
+    gate_order, opacity_order = np.argsort(gate, kind="stable"), np.argsort(opacity, kind="stable")
+    n_gate, n_opacity, n_pairs = len(gate), len(opacity), len(thr) * len(mb)
+    # per scale, per cell (gates passed, classifier gates passed): sums of the gated-in image
+    # scores, their non-excluded count, and the number of images with ground truth
+    cells = np.zeros((len(scales), (n_gate + 1) * (n_opacity + 1), 2 * n_pairs + 1))
     blocks = range(0, len(ids), CHUNK)
     for start in tqdm(blocks, desc="tune", unit="block", disable=not progress):
         chunk = ids[start:start + CHUNK]
         sel = [rows.get(p, none) for p in chunk]
         batch = make_batch([np.asarray(gt[p], np.float64).reshape(-1, 4) for p in chunk],
                            [(scores[r], boxes[r]) for r in sel])
-        # kept prefix length per image and setting: (N, thr, max_boxes, gate)
+        # kept prefix length of a gated-in image per (threshold, max_boxes): (N, thr * mb)
         n_ge = (batch.scores[:, :, None] >= thr[None, None, :]).sum(axis=1)
-        length = np.minimum(n_ge[:, :, None], mb[None, None, :])
-        gate_ok = batch.scores[:, 0][:, None] >= gate[None, :]
-        length = np.where(gate_ok[:, None, None, :], length[..., None], 0)
-        image = np.arange(len(chunk))[:, None, None, None]
+        length = np.minimum(n_ge[:, :, None], mb[None, None, :]).reshape(len(chunk), n_pairs)
+        # an image passes the j-th smallest gate iff j < passed (no rows: best -inf, passes none)
+        passed = np.searchsorted(gate[gate_order], batch.scores[:, 0], side="right")
+        p_chunk = np.array([p_opacity.get(q, 0.0) for q in chunk])
+        passed_o = np.searchsorted(opacity[opacity_order], p_chunk, side="right")
+        cell = passed * (n_opacity + 1) + passed_o
+        order = np.argsort(cell, kind="stable")
+        used, first = np.unique(cell[order], return_index=True)
+        has_gt = (batch.n_gt > 0).astype(np.float64)[:, None]
         for s, scale in enumerate(scales):
             scaled = scale_boxes(batch.boxes.reshape(-1, 4), scale).reshape(batch.boxes.shape)
             matched = match_predictions(replace(batch, boxes=scaled))
             table = prefix_image_scores(matched, batch.n_gt)              # (N, P+1)
-            values = table[image, length]                                 # (N, thr, mb, gate)
+            values = np.take_along_axis(table, length, axis=1)            # (N, thr * mb)
             valid = ~np.isnan(values)
-            total[s] += np.where(valid, values, 0.0).sum(axis=0)
-            counted[s] += valid.sum(axis=0)
+            per_image = np.hstack([np.where(valid, values, 0.0), valid, has_gt])[order]
+            cells[s, used] += np.add.reduceat(per_image, first, axis=0)
+    # gated in at (sorted) gate g, classifier gate o: the cells with passed > g, passed_o > o
+    cells = cells.reshape(len(scales), n_gate + 1, n_opacity + 1, -1)
+    inside = cells[:, ::-1, ::-1].cumsum(axis=1).cumsum(axis=2)[:, ::-1, ::-1][:, 1:, 1:]
+    total = inside[..., :n_pairs]
+    # a gated-out image keeps nothing: it scores 0 when it has ground truth, else is excluded
+    counted = inside[..., n_pairs:2 * n_pairs] + (cells[..., -1].sum(axis=(1, 2))[:, None, None]
+                                                  - inside[..., -1])[..., None]
     with np.errstate(invalid="ignore"):
         result = np.where(counted > 0, total / np.where(counted > 0, counted, 1), np.nan)
+    # (scale, sorted gate, sorted opacity, thr * mb) -> (scale, thr, mb, gate, opacity)
+    result = result[:, np.argsort(gate_order)][:, :, np.argsort(opacity_order)]
+    result = result.reshape(len(scales), n_gate, n_opacity, len(thr), len(mb))
+    result = result.transpose(0, 3, 4, 1, 2)
     return Sweep(tuple(scales), tuple(thresholds), tuple(int(m) for m in mb),
-                 tuple(image_thresholds), nms_iou, result, len(ids))
+                 tuple(image_thresholds), tuple(opacity_thresholds), nms_iou, result, len(ids))
 
 
 def plot_sweep(result: Sweep, path: Path) -> None:
-    """PNG: best mAP (over max_boxes and image gates) vs score threshold, one line per scale."""
+    """PNG: best mAP (over max_boxes and both gates) vs score threshold, one line per scale;
+    with a swept classifier gate, a second panel: best mAP vs opacity threshold."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -132,8 +175,12 @@ def plot_sweep(result: Sweep, path: Path) -> None:
 
     from kit.io import save_figure
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    best = np.nanmax(np.where(np.isnan(result.map), -np.inf, result.map), axis=(2, 3))
+    finite = np.where(np.isnan(result.map), -np.inf, result.map)
+    gated = len(result.opacity_thresholds) > 1
+    fig, axes = plt.subplots(1, 2 if gated else 1, figsize=(11 if gated else 7, 4.5),
+                             squeeze=False, gridspec_kw={"width_ratios": [3, 2]} if gated else None)
+    ax = axes[0, 0]
+    best = finite.max(axis=(2, 3, 4))
     for s, scale in enumerate(result.scales):
         ax.plot(result.thresholds, np.where(np.isfinite(best[s]), best[s], np.nan),
                 label=f"box scale {scale:g}")
@@ -141,10 +188,19 @@ def plot_sweep(result: Sweep, path: Path) -> None:
     ax.scatter([post.score_threshold], [value], color="black", zorder=3,
                label=f"best {value:.4f}")
     ax.set_xlabel("score threshold")
-    ax.set_ylabel("mAP@[0.40:0.75] (best max_boxes, image gate)")
+    ax.set_ylabel("mAP@[0.40:0.75] (best max_boxes, gates)")
     ax.set_title(f"post-processing sweep on {result.n_images} validation images")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
+    if gated:
+        ax = axes[0, 1]
+        by_gate = finite.max(axis=(0, 1, 2, 3))
+        ax.plot(result.opacity_thresholds, np.where(np.isfinite(by_gate), by_gate, np.nan), "o-")
+        ax.scatter([post.opacity_threshold], [value], color="black", zorder=3)
+        ax.set_xlabel("classifier gate: opacity threshold (0 = off)")
+        ax.set_ylabel("best mAP@[0.40:0.75]")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
     save_figure(path, fig)
 
 
@@ -164,6 +220,9 @@ def add_tune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scales", type=float, nargs="+", default=SCALES)
     p.add_argument("--max-boxes", type=int, nargs="+", default=MAX_BOXES)
     p.add_argument("--image-thresholds", type=float, nargs="+", default=IMAGE_THRESHOLDS)
+    p.add_argument("--opacity-thresholds", type=float, nargs="+", default=None,
+                   help="classifier gate grid (default: a 0..0.9 grid when the raw table has its "
+                        "image scores, raw_val_images.csv, beside it; else 0 = off)")
     p.add_argument("--nms-iou", type=float, default=None, help="fixed NMS IoU (default: none)")
     p.add_argument("--top", type=int, default=10, help="settings to print")
 
@@ -203,15 +262,21 @@ def run_tune(args: argparse.Namespace) -> int:
     if missing:
         raise KitError(f"{len(missing)} images have no labels (first: {missing[0]!r})",
                        path=labels_path, field="patientId")
+    image_scores = image_scores_beside(raw_path)
+    opacity = args.opacity_thresholds or (OPACITY_THRESHOLDS if image_scores else (0.0,))
+    if image_scores is None:
+        print("note: no image scores beside the raw table: the classifier gate stays off")
     result = sweep(raw, {p: boxes[p] for p in ids}, thresholds=args.thresholds,
                    scales=args.scales, max_boxes=args.max_boxes,
-                   image_thresholds=args.image_thresholds, nms_iou=args.nms_iou, progress=True)
+                   image_thresholds=args.image_thresholds, opacity_thresholds=opacity,
+                   image_scores=image_scores, nms_iou=args.nms_iou, progress=True)
     n_settings = result.map.size
     print(f"{n_settings:,} settings x {result.n_images:,} images")
-    print(f"{'rank':>4} {'mAP':>7} {'threshold':>9} {'scale':>6} {'max_boxes':>9} {'image_gate':>10}")
+    print(f"{'rank':>4} {'mAP':>7} {'threshold':>9} {'scale':>6} {'max_boxes':>9} "
+          f"{'image_gate':>10} {'opacity_gate':>12}")
     for i, (post, value) in enumerate(result.top(args.top), 1):
         print(f"{i:>4} {value:7.4f} {post.score_threshold:9.2f} {post.box_scale:6.3f} "
-              f"{post.max_boxes:9d} {post.image_threshold:10.2f}")
+              f"{post.max_boxes:9d} {post.image_threshold:10.2f} {post.opacity_threshold:12.2f}")
     best, value = result.best
     out = args.out or Path(raw_path).parent / "postprocess.json"
     best.to_json(out)

@@ -11,7 +11,7 @@ from kit.errors import KitError
 from kit.metric import score_dataset
 from kit.postprocess import PostProcess
 from kit.runs import RAW_COLUMNS
-from kit.tune import sweep
+from kit.tune import OPACITY_THRESHOLDS, sweep
 
 
 def synthetic(seed=0, n=60):
@@ -40,7 +40,7 @@ def test_every_setting_equals_the_metric_on_the_applied_setting():
     grid = dict(thresholds=(0.0, 0.3, 0.55, 0.95), scales=(0.8, 1.0, 1.2), max_boxes=(1, 3),
                 image_thresholds=(0.0, 0.6))
     result = sweep(raw, gt, **grid)
-    assert result.map.shape == (3, 4, 2, 2)
+    assert result.map.shape == (3, 4, 2, 2, 1)       # opacity grid (0.0,): the gate is off
     for index in np.ndindex(result.map.shape):
         post = result.setting(index)
         expected = score_dataset(gt, post.apply(raw)).map
@@ -54,6 +54,47 @@ def test_sweep_with_nms_equals_the_metric():
     for index in np.ndindex(result.map.shape):
         expected = score_dataset(gt, result.setting(index).apply(raw)).map
         assert result.map[index] == pytest.approx(expected, abs=1e-12)
+
+
+def opacities(gt, seed=0):
+    """P(opacity) per image on a 0.05 grid (ties with the gate grid on purpose); positives high."""
+    rng = np.random.default_rng(seed)
+    p = {pid: float(np.clip(rng.normal(0.65 if len(g) else 0.3, 0.25), 0, 1)) for pid, g in gt.items()}
+    return {pid: round(v / 0.05) * 0.05 for pid, v in p.items()}
+
+
+@pytest.mark.parametrize("nms_iou", [None, 0.3])
+def test_every_setting_with_the_classifier_gate_equals_the_plain_loop(nms_iou):
+    gt, raw = synthetic(seed=2, n=80)
+    p = opacities(gt)
+    for pid in ("id000", "id001"):                    # images without rows need no p_opacity
+        raw = raw[raw["patientId"] != pid]
+        del p[pid]
+    grid = dict(thresholds=(0.0, 0.3, 0.55), scales=(0.9, 1.1), max_boxes=(1, 3),
+                image_thresholds=(0.6, 0.0, 0.35), opacity_thresholds=(0.0, 0.7, 0.25, 0.5, 0.3))
+    result = sweep(raw, gt, image_scores=p, nms_iou=nms_iou, **grid)
+    assert result.map.shape == (2, 3, 2, 3, 5)
+    for index in np.ndindex(result.map.shape):
+        post = result.setting(index)
+        expected = score_dataset(gt, post.apply(raw, p)).map
+        assert result.map[index] == pytest.approx(expected, abs=1e-12), post
+    # the gate matters on this data: some gated setting differs from the same setting ungated
+    assert not np.allclose(result.map[..., 1:], result.map[..., :1])
+
+
+def test_classifier_gate_needs_image_scores_of_every_image_with_rows():
+    gt, raw = synthetic(n=10)
+    with pytest.raises(KitError, match="no image scores: rerun `python -m kit predict`"):
+        sweep(raw, gt, opacity_thresholds=(0.0, 0.5))
+    p = opacities(gt)
+    first = raw["patientId"].iloc[0]
+    del p[first]
+    with pytest.raises(KitError, match=f"no p_opacity in the image scores \\(first: '{first}'\\)"):
+        sweep(raw, gt, opacity_thresholds=(0.5,), image_scores=p)
+    assert sweep(raw, gt, thresholds=(0.5,), scales=(1.0,), max_boxes=(1,), image_thresholds=(0.0,),
+                 image_scores=p).map.shape == (1, 1, 1, 1, 1)        # gate off: p is unused
+    with pytest.raises(KitError, match="tune grid: opacity thresholds"):
+        sweep(raw, gt, opacity_thresholds=(1.2,), image_scores=p)
 
 
 def test_best_setting_is_found_on_a_crafted_case():
@@ -97,7 +138,40 @@ def test_tune_cli_writes_best_json_and_plot(in_tmp, tmp_path):
     post = PostProcess.from_json("out/post.json")
     assert post.score_threshold in (0.3, 0.5) and post.box_scale in (0.9, 1.0)
     assert (in_tmp / "out" / "tuning.png").read_bytes()[:4] == b"\x89PNG"
-    assert json.loads((in_tmp / "out" / "post.json").read_text())["nms_iou"] is None
+    saved = json.loads((in_tmp / "out" / "post.json").read_text())
+    assert saved["nms_iou"] is None and saved["opacity_threshold"] == 0.0   # no image scores
+
+
+def test_tune_cli_sweeps_the_classifier_gate_when_the_image_scores_exist(in_tmp, capsys):
+    # every negative image carries one confident false box (0.95) that no score threshold or
+    # box-score gate can remove without losing the true boxes (0.9); the classifier says 0.1 on
+    # negatives and 0.8 on positives, so only the classifier gate (in (0.1, 0.8]) reaches 1.0
+    gt, rows, p = {}, [], {}
+    for i in range(12):
+        pid = f"p{i}"
+        if i % 3 == 0:
+            gt[pid] = np.array([[100.0 + i, 200.0, 160.0, 240.0]])
+            rows.append((pid, 0.9, *gt[pid][0]))
+            p[pid] = 0.8
+        else:
+            gt[pid] = np.zeros((0, 4))
+            rows.append((pid, 0.95, 600, 100, 100, 100))
+            p[pid] = 0.1
+    labels = [(pid, *b, 1) for pid, g in gt.items() for b in g]
+    labels += [(pid, None, None, None, None, 0) for pid, g in gt.items() if not len(g)]
+    pd.DataFrame(labels, columns=["patientId", "x", "y", "width", "height", "Target"]).to_csv(
+        "labels.csv", index=False)
+    pd.DataFrame(rows, columns=RAW_COLUMNS).to_csv("raw_val.csv", index=False)
+    pd.DataFrame({"patientId": list(p), "p_opacity": list(p.values())}).to_csv(
+        "raw_val_images.csv", index=False)
+    args = ["tune", "--raw", "raw_val.csv", "--labels", "labels.csv", "--thresholds", "0.5",
+            "--scales", "1", "--max-boxes", "1", "--image-thresholds", "0", "0.92"]
+    assert cli.main(args) == 0
+    post = PostProcess.from_json("postprocess.json")
+    assert post.opacity_threshold in OPACITY_THRESHOLDS and 0.1 < post.opacity_threshold <= 0.8
+    assert f"{2 * len(OPACITY_THRESHOLDS)} settings" in capsys.readouterr().out
+    assert cli.main(args + ["--opacity-thresholds", "0.0"]) == 0            # gate forced off
+    assert PostProcess.from_json("postprocess.json").opacity_threshold == 0.0
 
 
 def test_tune_cli_refuses_images_without_labels(in_tmp, capsys):
