@@ -7,6 +7,9 @@ validation ids). A raw table has no row for an image without detections, so its 
 Baselines on the same images: ``none`` (no box anywhere) and ``center`` (one fixed central box
 [x=312, y=312, w=400, h=400] at confidence 1 on every image: the 1024-px frame's centre, the
 size of a typical opacity box; it is fixed rather than fitted so it never sees the scored labels).
+
+The image classifier (``raw_<split>_images.csv``: P(Lung Opacity) per image) is scored by its
+ROC AUC against "the image has a box": :func:`roc_auc`, :func:`roc_curve`, pure numpy.
 """
 from __future__ import annotations
 
@@ -35,6 +38,44 @@ def baseline_preds(kind: str, ids: list[str]) -> dict[str, tuple[np.ndarray, np.
     if kind == "center":
         return {pid: (np.ones(1), CENTER_BOX.copy()) for pid in ids}
     raise KitError(f"unknown baseline {kind!r}; choose none or center")
+
+
+def roc_curve(positive: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ROC of ``scores`` (higher = more positive) against bool ``positive``: (fpr, tpr), from
+    (0, 0) to (1, 1), one point per distinct score taken as the threshold, highest first
+    (tied scores move both rates at once: a diagonal step). ValueError unless both classes occur.
+    """
+    positive, scores = _two_classes(positive, scores)
+    order = np.argsort(-scores, kind="stable")
+    s, pos = scores[order], positive[order]
+    ends = np.r_[np.flatnonzero(s[1:] != s[:-1]), len(s) - 1]      # last row of each score
+    tp, fp = np.cumsum(pos)[ends], np.cumsum(~pos)[ends]
+    return np.r_[0.0, fp / fp[-1]], np.r_[0.0, tp / tp[-1]]
+
+
+def roc_auc(positive: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC: the Mann-Whitney statistic U / (n_pos n_neg), the chance that a
+    random positive scores above a random negative, ties counting one half. Computed from the
+    mid-ranks of ``scores`` (exact: ranks are halves of integers). ValueError unless both
+    classes occur."""
+    positive, scores = _two_classes(positive, scores)
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    midrank = np.cumsum(counts) - (counts - 1) / 2.0          # 1-based mean rank of each value
+    n_pos = int(positive.sum())
+    n_neg = len(scores) - n_pos
+    u = midrank[inverse][positive].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def _two_classes(positive: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    positive = np.asarray(positive, bool).reshape(-1)
+    scores = np.asarray(scores, np.float64).reshape(-1)
+    if len(positive) != len(scores) or not np.isfinite(scores).all():
+        raise ValueError("ROC needs one finite score per label")
+    if positive.all() or not positive.any():
+        raise ValueError(f"ROC needs positive and negative images (got {int(positive.sum())} "
+                         f"positive of {len(positive)})")
+    return positive, scores
 
 
 def pick_labels(ids: list[str], labels: Path | None, data: Path | None) -> tuple[Path, dict]:
@@ -98,6 +139,23 @@ def _run_of(path: Path) -> tuple[str, str]:
     return "", ""
 
 
+def classifier_summary(raw_path: Path, gt: dict) -> dict:
+    """{"classifier": {"auc", "images"}} for the scored images that have a p_opacity in the
+    image scores beside a raw table; {} when it has none. auc None: one class only."""
+    from kit.postprocess import image_scores_beside
+
+    image_scores = image_scores_beside(raw_path)
+    if image_scores is None:
+        return {}
+    scored = [pid for pid in gt if pid in image_scores]
+    positive = np.array([len(gt[pid]) > 0 for pid in scored], bool)
+    try:
+        auc = roc_auc(positive, np.array([image_scores[pid] for pid in scored]))
+    except ValueError:
+        auc = None
+    return {"classifier": {"auc": auc, "images": len(scored)}}
+
+
 def summary(score: Score, prf: dict) -> dict:
     """The JSON form: {"map", "images", "excluded", "prf": {"0.5": {...}, ...}} (NaN -> null)."""
     return {"map": None if math.isnan(score.map) else score.map, "images": score.n_images,
@@ -138,6 +196,8 @@ def run_score(args: argparse.Namespace) -> int:
                  for kind in args.baseline}
     if baselines:
         result["baselines"] = {k: None if math.isnan(v) else v for k, v in baselines.items()}
+    if args.raw:
+        result.update(classifier_summary(Path(args.submission), gt))
     if args.per_image:
         write_csv(args.per_image, pd.DataFrame({"patientId": list(score.per_image),
                                                 "score": list(score.per_image.values())}))
@@ -150,6 +210,10 @@ def run_score(args: argparse.Namespace) -> int:
               f"box in labels or predictions; labels {labels_path})")
         for kind, value in baselines.items():
             print(f"  baseline {kind:<6} mAP = {value:.4f}")
+        if "classifier" in result:
+            auc, n = result["classifier"]["auc"], result["classifier"]["images"]
+            print(f"  image classifier ROC AUC = {'n/a' if auc is None else f'{auc:.4f}'} on "
+                  f"{n} images (p_opacity vs 'has a box')")
         print(f"{'IoU':>5} {'TP':>6} {'FP':>6} {'FN':>6} {'precision':>9} {'recall':>7} {'F1':>6}")
         for t, c in prf.items():
             print(f"{t:5.2f} {c['tp']:6d} {c['fp']:6d} {c['fn']:6d} {c['precision']:9.4f} "

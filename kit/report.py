@@ -44,31 +44,80 @@ Preds = dict[str, tuple[np.ndarray, np.ndarray]]   # patientId -> (scores (n,), 
 
 
 # ---- pictures ------------------------------------------------------------------------------
-def plot_history(history: pd.DataFrame, out: Path) -> None:
-    """Training curves PNG: one panel per loss (``loss`` first), train vs ``val_`` per epoch.
+def history_figure(history: pd.DataFrame) -> "plt.Figure":
+    """Training curves: a ``val_map`` panel (when the column exists: the competition mAP on
+    validation at each epoch end, best epoch marked), then one panel per loss (``loss`` first),
+    train vs ``val_`` on a log scale (linear if a value is <= 0). The best epoch is a dotted
+    line on every panel.
 
-    ``history`` is Keras' CSV log: an ``epoch`` column (0-based) and loss columns with their
-    ``val_`` twins. Raises KitError when it holds no epoch or no loss column.
+    ``history`` is kit.mrcnn.training's history.csv: a 1-based ``epoch`` column (the checkpoint
+    numbers; rows numbered 1.. when absent) and loss columns with their ``val_`` twins.
+    Raises KitError when it holds no epoch or no loss column.
     """
     names = [c for c in history.columns if c != "epoch" and not c.startswith("val_")]
     names = sorted(names, key=lambda c: (c != "loss", c))
     if history.empty or not names:
         raise KitError("training history has no epochs or no loss columns; train the run first")
-    epochs = (history["epoch"] + 1 if "epoch" in history else pd.Series(range(1, len(history) + 1)))
-    ncols = min(3, len(names))
-    nrows = -(-len(names) // ncols)
+    epochs = (history["epoch"] if "epoch" in history else pd.Series(range(1, len(history) + 1)))
+    epochs = epochs.to_numpy()
+    val_map = history["val_map"].to_numpy(np.float64) if "val_map" in history else None
+    best = None
+    if val_map is not None and np.isfinite(val_map).any():
+        best = int(np.nanargmax(val_map))
+    panels = (["val_map"] if val_map is not None else []) + names
+    ncols = min(3, len(panels))
+    nrows = -(-len(panels) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
-    for ax, name in zip(axes.flat, names):
-        ax.plot(epochs, history[name], "o-", label="train", color="tab:blue")
-        if f"val_{name}" in history:
-            ax.plot(epochs, history[f"val_{name}"], "s--", label="val", color="tab:orange")
-        ax.set_title("total loss" if name == "loss" else name)
+    for ax, name in zip(axes.flat, panels):
+        if name == "val_map":
+            seen = np.isfinite(val_map)
+            ax.plot(epochs[seen], val_map[seen], "o-", color="tab:green", label="val mAP")
+            if best is not None:
+                ax.scatter([epochs[best]], [val_map[best]], marker="*", s=220, color="gold",
+                           edgecolor="black", zorder=3,
+                           label=f"best: epoch {epochs[best]}, {val_map[best]:.4f}")
+            ax.set_title("validation mAP@[0.40:0.75]")
+        else:
+            curves = [("train", history[name], "o-", "tab:blue")]
+            if f"val_{name}" in history:
+                curves.append(("val", history[f"val_{name}"], "s--", "tab:orange"))
+            for label, values, style, color in curves:
+                ax.plot(epochs, values, style, label=label, color=color)
+            drawn = np.concatenate([np.asarray(v, np.float64) for _, v, _, _ in curves])
+            drawn = drawn[np.isfinite(drawn)]
+            if len(drawn) and (drawn > 0).all():
+                ax.set_yscale("log")
+            ax.set_title("total loss" if name == "loss" else name)
+        if best is not None:
+            ax.axvline(epochs[best], color="gray", linestyle=":", linewidth=1)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
+        ax.grid(alpha=0.1, which="minor")
         ax.legend(fontsize=8)
-    for ax in axes.flat[len(names):]:
+    for ax in axes.flat[len(panels):]:
         ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def plot_history(history: pd.DataFrame, out: Path) -> None:
+    """curves.png from history.csv (:func:`history_figure`)."""
+    save_figure(out, history_figure(history))
+
+
+def plot_roc(fpr: np.ndarray, tpr: np.ndarray, auc: float, n_pos: int, n_neg: int,
+             out: Path) -> None:
+    """roc.png: the image classifier's ROC curve (kit.evaluate.roc_curve) with its AUC."""
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot(fpr, tpr, color="tab:purple", label=f"AUC {auc:.4f}")
+    ax.plot([0, 1], [0, 1], ":", color="gray", label="chance")
+    ax.set_xlabel(f"false positive rate ({n_neg} images without a box)")
+    ax.set_ylabel(f"true positive rate ({n_pos} images with a box)")
+    ax.set_title("image classifier on validation: P(Lung Opacity)")
+    ax.set_aspect("equal")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     save_figure(out, fig)
 
@@ -149,16 +198,15 @@ class ValResults:
     ids: list[str]                 # val_ids.csv order
     gt: dict[str, np.ndarray]      # patientId -> (k, 4) xywh, 1024 frame
     preds: Preds                   # patientId -> (scores, boxes); every val id present
+    image_scores: dict[str, float] | None = None   # raw_val_images.csv; None: none in the run
 
 
-def load_val_results(run: Path, labels_memo: dict | None = None) -> ValResults:
-    """Ground truth (from <data_dir>/stage_2_train_labels.csv) and post-processed predictions.
-
-    Needs config.json, val_ids.csv, raw_val.csv and postprocess.json in ``run``. Val images
-    without any detection get empty predictions. ``labels_memo`` shares parsed labels by path.
-    """
+def val_ground_truth(run: Path, labels_memo: dict | None = None
+                     ) -> tuple[RunConfig, list[str], dict[str, np.ndarray]]:
+    """(config, val ids, their ground truth) from config.json, val_ids.csv and the labels of the
+    run's data_dir (<data_dir>/stage_2_train_labels.csv). ``labels_memo`` shares parsed labels."""
     from kit.labels import boxes_by_patient, read_labels
-    from kit.postprocess import PostProcess, read_ids, read_raw
+    from kit.postprocess import read_ids
 
     run = Path(run)
     cfg = RunConfig.load(run / "config.json")
@@ -173,6 +221,20 @@ def load_val_results(run: Path, labels_memo: dict | None = None) -> ValResults:
         if pid not in boxes:
             raise KitError(f"patientId {pid!r} is not in {labels_path}: the run's data_dir "
                            "changed?", path=run / "val_ids.csv", row=i + 2, field="patientId")
+    return cfg, ids, {pid: boxes[pid] for pid in ids}
+
+
+def load_val_results(run: Path, labels_memo: dict | None = None) -> ValResults:
+    """Ground truth (:func:`val_ground_truth`) and post-processed predictions.
+
+    Needs config.json, val_ids.csv, raw_val.csv and postprocess.json in ``run`` (and
+    raw_val_images.csv when postprocess.json gates on the classifier). Val images without any
+    detection get empty predictions.
+    """
+    from kit.postprocess import PostProcess, image_scores_beside, read_raw
+
+    run = Path(run)
+    cfg, ids, gt = val_ground_truth(run, labels_memo)
     post = PostProcess.from_json(run / "postprocess.json")
     raw = read_raw(run / "raw_val.csv")
     stray = ~raw["patientId"].isin(set(ids)).to_numpy()
@@ -180,10 +242,42 @@ def load_val_results(run: Path, labels_memo: dict | None = None) -> ValResults:
         raise KitError("this patientId is not a validation image (val_ids.csv); rerun "
                        "`python -m kit predict --split val`", path=run / "raw_val.csv",
                        row=int(np.flatnonzero(stray)[0]) + 2, field="patientId")
-    kept = post.apply(raw)
+    image_scores = image_scores_beside(run / "raw_val.csv")
+    kept = post.apply(raw, image_scores)
     empty = (np.zeros(0), np.zeros((0, 4)))
     preds = {pid: tuple(np.asarray(a, np.float64) for a in kept.get(pid, empty)) for pid in ids}
-    return ValResults(cfg, ids, {pid: boxes[pid] for pid in ids}, preds)
+    return ValResults(cfg, ids, gt, preds, image_scores)
+
+
+def classifier_section(run: Path) -> tuple[list[str], str | None]:
+    """report.md lines on the image classifier (ROC AUC on validation, roc.png drawn) and the
+    reason roc.png could not be made; ([], None) when the run has no raw_val_images.csv."""
+    from kit.evaluate import roc_auc, roc_curve
+    from kit.postprocess import image_scores_beside
+    from kit.runs import image_scores_path
+
+    if not image_scores_path(run, "val").is_file():
+        return [], None
+    try:
+        image_scores = image_scores_beside(run / "raw_val.csv")
+        _, ids, gt = val_ground_truth(run)
+        missing = [pid for pid in ids if pid not in image_scores]
+        if missing:
+            raise KitError(f"{len(missing)} validation images have no p_opacity (first: "
+                           f"{missing[0]!r}): rerun `python -m kit predict --split val`",
+                           path=image_scores_path(run, "val"))
+        positive = np.array([len(gt[pid]) > 0 for pid in ids], bool)
+        p = np.array([image_scores[pid] for pid in ids])
+        auc = roc_auc(positive, p)
+        n_pos = int(positive.sum())
+        plot_roc(*roc_curve(positive, p), auc, n_pos, len(ids) - n_pos, run / "roc.png")
+    except (KitError, ValueError) as exc:
+        return [], f"roc.png: {exc}"
+    return ["## Image classifier (validation)", "",
+            f"ROC AUC **{auc:.4f}** on {len(ids)} validation images ({n_pos} with a box, "
+            f"{len(ids) - n_pos} without): the classifier's P(Lung Opacity) "
+            f"({image_scores_path(run, 'val').name}) against \"the image has a box\"; 0.5 is "
+            "chance, ties count one half.", "", "![Image classifier ROC](roc.png)", ""], None
 
 
 def trained_layers(cfg: RunConfig) -> str:
@@ -350,11 +444,13 @@ def _write_report(run: Path) -> tuple[Path, pd.DataFrame]:
                   "boxes at that IoU); mAP is the competition's mAP@[0.40:0.75]."]
     else:
         parts.append(f"No run has validation results yet ({reasons['results.png']}).")
-    parts += ["", "## Pictures", ""]
+    classifier, roc_reason = classifier_section(run)
+    parts += ["", *classifier, "## Pictures", ""]
     for name, caption in captions.items():
         if reasons[name] is None:
             parts += [f"### {caption}", "", f"![{caption}]({name})", ""]
     absent = [f"- {name}: {reason}" for name, reason in reasons.items() if reason]
+    absent += [f"- {roc_reason}"] if roc_reason else []
     if absent:
         parts += ["### Pictures that could not be made", "", *absent, ""]
     out = run / "report.md"

@@ -5,7 +5,10 @@ import sys
 import pandas as pd
 import pytest
 
+import numpy as np
+
 from kit import cli, leaderboard
+from kit.evaluate import roc_auc, roc_curve
 
 LABELS = ("patientId,x,y,width,height,Target\n"
           "a,0,0,100,100,1\n"
@@ -82,6 +85,49 @@ def test_score_raw_uses_every_row_and_the_val_ids(data, capsys):
     # a: TP 1 + FP 1 -> 0.5; c (no rows) -> 0
     assert result["map"] == 0.25 and result["images"] == 2
     assert not leaderboard.read().shape[0]                     # raw tables are not submissions
+
+
+def test_score_raw_reports_the_classifier_auc_from_the_image_scores(data, capsys):
+    run = data.parent.parent / "runs" / "r"
+    run.mkdir(parents=True)
+    (run / "raw_val.csv").write_text("patientId,score,x,y,w,h\na,0.9,0,0,100,100\n")
+    (run / "val_ids.csv").write_text("patientId\na\nb\nc\nd\n")
+    args = ["score", "--submission", str(run / "raw_val.csv"), "--raw", "--json"]
+    assert cli.main(args) == 0
+    assert "classifier" not in json.loads(capsys.readouterr().out)      # no images table
+    # positives a 0.9, c 0.4; negatives b 0.4, d 0.1: pairs (a,b) 1 (a,d) 1 (c,b) 1/2 (c,d) 1
+    (run / "raw_val_images.csv").write_text("patientId,p_opacity\na,0.9\nb,0.4\nc,0.4\nd,0.1\n")
+    assert cli.main(args) == 0
+    assert json.loads(capsys.readouterr().out)["classifier"] == {"auc": 0.875, "images": 4}
+    assert cli.main(args[:-1]) == 0
+    assert "image classifier ROC AUC = 0.8750 on 4 images" in capsys.readouterr().out
+
+
+def test_roc_auc_is_the_mann_whitney_statistic_hand_checked():
+    # positives 0.8, 0.35; negatives 0.1, 0.4: 0.8 beats both, 0.35 beats 0.1 only -> 3/4
+    assert roc_auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == 0.75
+    # ties count one half: positives 0.5, 0.5 vs negatives 0.5, 0.2 -> (1/2 + 1) * 2 / 4
+    assert roc_auc([1, 1, 0, 0], [0.5, 0.5, 0.5, 0.2]) == 0.75
+    assert roc_auc([1, 0], [0.3, 0.3]) == 0.5 and roc_auc([0, 1], [0.0, 1.0]) == 1.0
+    assert roc_auc([1, 0, 0], [0.0, 0.5, 1.0]) == 0.0
+    with pytest.raises(ValueError, match="positive and negative"):
+        roc_auc([1, 1], [0.2, 0.3])
+
+
+def test_roc_curve_points_and_area_equal_the_auc():
+    fpr, tpr = roc_curve([1, 1, 0, 0], [0.5, 0.5, 0.5, 0.2])
+    # threshold 0.5: both positives and one negative at once (a diagonal step), then 0.2
+    assert fpr.tolist() == [0.0, 0.5, 1.0] and tpr.tolist() == [0.0, 1.0, 1.0]
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        positive = rng.random(30) < 0.3
+        positive[:2] = True, False
+        scores = rng.integers(0, 8, 30) / 7                       # many ties
+        pos, neg = scores[positive], scores[~positive]
+        pairs = (pos[:, None] > neg).sum() + 0.5 * (pos[:, None] == neg).sum()
+        assert roc_auc(positive, scores) == pairs / (len(pos) * len(neg))   # exact
+        fpr, tpr = roc_curve(positive, scores)
+        assert np.trapezoid(tpr, fpr) == pytest.approx(roc_auc(positive, scores), abs=1e-12)
 
 
 def test_score_bad_file_one_line_error(data, capsys):

@@ -14,8 +14,9 @@ from kit.errors import KitError
 from kit.labels import boxes_by_patient, read_labels
 from kit.metric import prf_table, score_dataset
 from kit.postprocess import PostProcess
-from kit.report import (ValResults, load_val_results, pick_examples, plot_detections,
-                        plot_history, results_table, trained_layers, val_images, write_report)
+from kit.report import (ValResults, history_figure, load_val_results, pick_examples,
+                        plot_detections, plot_history, results_table, trained_layers, val_images,
+                        write_report)
 from kit.runs import RAW_COLUMNS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -28,7 +29,7 @@ def is_png(path: Path) -> bool:
 
 
 def history(epochs: int = 3) -> pd.DataFrame:
-    d = {"epoch": list(range(epochs))}
+    d = {"epoch": list(range(1, epochs + 1))}       # 1-based, as kit.mrcnn.training writes it
     for i, name in enumerate(LOSSES):
         d[name] = [2.0 / (e + 1) + 0.1 * i for e in range(epochs)]
         d[f"val_{name}"] = [2.2 / (e + 1) + 0.1 * i for e in range(epochs)]
@@ -109,6 +110,38 @@ def test_plot_history_writes_png_and_refuses_empty(tmp_path):
     with pytest.raises(KitError, match="no epochs"):
         plot_history(history(0), tmp_path / "empty.png")
     assert not (tmp_path / "empty.png").exists()
+
+
+def test_history_figure_epochs_from_one_log_losses_and_val_map_with_best_epoch():
+    import matplotlib.pyplot as plt
+
+    n = 12
+    df = pd.DataFrame({"epoch": range(1, n + 1),
+                       "loss": [3.0 / e for e in range(1, n + 1)],
+                       "val_loss": [300.0] + [4.0 / e for e in range(2, n + 1)],   # first spike
+                       "mrcnn_mask_loss": [0.0] + [0.5] * (n - 1),                # a zero: linear
+                       "val_map": [0.05, np.nan, 0.1, 0.12, 0.15, 0.2, 0.22, 0.2, 0.26, 0.25,
+                                   0.24, 0.25]})
+    fig = history_figure(df)
+    val_map, loss, mask = fig.axes[:3]
+    assert val_map.get_title() == "validation mAP@[0.40:0.75]"
+    assert loss.get_title() == "total loss" and mask.get_title() == "mrcnn_mask_loss"
+    train, val = loss.get_lines()[:2]
+    assert train.get_xdata().tolist() == list(range(1, 13))          # epochs 1..12, not 2..13
+    assert val.get_ydata()[0] == 300.0 and loss.get_yscale() == "log"
+    assert mask.get_yscale() == "linear"
+    drawn = val_map.get_lines()[0]
+    assert drawn.get_xdata().tolist() == [1] + list(range(3, 13))    # the NaN epoch is skipped
+    star = val_map.collections[0].get_offsets()
+    assert star.tolist() == [[9, 0.26]]                              # best epoch marked
+    assert "best: epoch 9, 0.2600" in [t.get_text() for t in val_map.get_legend().get_texts()]
+    for ax in (val_map, loss, mask):                                 # dotted line at the best
+        assert [9, 9] in [list(line.get_xdata()) for line in ax.get_lines()]
+    plt.close(fig)
+    no_epoch = history_figure(df.drop(columns=["epoch", "val_map"]))
+    assert no_epoch.axes[0].get_lines()[0].get_xdata().tolist() == list(range(1, 13))
+    assert no_epoch.axes[0].get_title() == "total loss"
+    plt.close(no_epoch)
 
 
 def test_plot_detections_writes_png_and_checks_lengths(tmp_path):
@@ -205,6 +238,8 @@ def test_write_report_pictures_and_markdown(study):
     assert "| r101 | resnet101 | heads > 4+ > all | yes |" in text
     assert "| r50 | resnet50 | heads | no |" in text
     assert "could not be made" not in text
+    # no raw_val_images.csv (a run from before the image classifier): no classifier section
+    assert "Image classifier" not in text and not Path("runs/r50/roc.png").exists()
 
 
 def test_write_report_lists_missing_pictures(study):
@@ -248,3 +283,35 @@ def test_unreadable_inputs_become_listed_reasons(study, demo, tmp_path):
     assert "- detections.png: " in text and "DICOM file not found" in text
     assert "- curves.png: " in text and "history.csv: not a readable CSV" in text
     assert "| r101 | resnet101 |" in text               # the table does not need the images
+
+
+def write_image_scores(run: Path, scores: dict) -> None:
+    pd.DataFrame({"patientId": list(scores), "p_opacity": list(scores.values())}).to_csv(
+        run / "raw_val_images.csv", index=False)
+
+
+def test_report_shows_the_classifier_auc_and_gates_with_it(study):
+    (p1, p2, p3, p4), neg = study["pos"], [pid for pid in study["val"] if pid not in study["pos"]]
+    run = Path("runs/r50")
+    # positives 0.9, 0.6, 0.3, 0.3; negatives 0.3 0.2 0.1 0.1 0.05 0.6. Negatives below (ties
+    # one half): p1 6, p2 5 + 1/2, p3 4 + 1/2, p4 4 + 1/2 -> AUC 20.5 / 24
+    write_image_scores(run, {p1: 0.9, p2: 0.6, p3: 0.3, p4: 0.3,
+                             **dict(zip(neg, [0.3, 0.2, 0.1, 0.1, 0.05, 0.6]))})
+    text = write_report(run).read_text()
+    assert f"ROC AUC **{20.5 / 24:.4f}** on 10 validation images (4 with a box, 6 without)" in text
+    assert "](roc.png)" in text and is_png(run / "roc.png") and "could not be made" not in text
+    # the classifier gate of postprocess.json uses the run's image scores: at 0.5, P3, P4 and
+    # every negative lose their boxes: P1 1, P2 6/8, P3 0, P4 0; negatives excluded
+    gated = PostProcess(score_threshold=0.2, image_threshold=0.0, box_scale=1.0,
+                               max_boxes=4, opacity_threshold=0.5)
+    gated.to_json(run / "postprocess.json")
+    row = results_table([run]).iloc[0]
+    assert row["mAP"] == pytest.approx((1 + 0.75 + 0 + 0) / 4)
+
+
+def test_report_names_validation_images_missing_from_the_image_scores(study):
+    run = Path("runs/r50")
+    write_image_scores(run, {pid: 0.5 for pid in study["val"][1:]})
+    text = write_report(run).read_text()
+    assert "- roc.png: " in text and "1 validation images have no p_opacity" in text
+    assert "](roc.png)" not in text and "| r50 | resnet50 |" in text
