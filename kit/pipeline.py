@@ -171,11 +171,12 @@ def write_val_submission(run: Path) -> Path:
     """The tuned post-processing applied to raw_val.csv, as a submission over the val images."""
     import pandas as pd
 
-    from kit.postprocess import PostProcess
+    from kit.postprocess import PostProcess, image_scores_beside, read_raw
     from kit.submission import write_submission
 
     ids = pd.read_csv(run / "val_ids.csv").patientId.astype(str).tolist()
-    preds = PostProcess.from_json(run / "postprocess.json").apply(pd.read_csv(run / "raw_val.csv"))
+    preds = PostProcess.from_json(run / "postprocess.json").apply(
+        read_raw(run / "raw_val.csv"), image_scores_beside(run / "raw_val.csv"))
     out = run / "val_submission.csv"
     write_submission(out, preds, ids)
     return out
