@@ -1,3 +1,6 @@
+import copy
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -26,6 +29,7 @@ def test_kaggle_layout_and_formats_pass_validation(demo):
     assert list(classes["patientId"]) == list(train["patientId"])       # one class row per label row
     positive = dict(zip(train["patientId"], train["Target"]))
     assert all((c == "Lung Opacity") == bool(positive[p]) for p, c in zip(classes["patientId"], classes["class"]))
+    assert set(classes["class"]) == {"Lung Opacity", "Normal", "No Lung Opacity / Not Normal"}
     assert set(sample["PredictionString"]) == {"0.5 0 0 100 100"}
     row = next(line for line in (demo / paths.TRAIN_LABELS).read_text().splitlines() if line.endswith(",1"))
     assert row.split(",")[1].endswith(".0")                            # written like 264.0
@@ -88,3 +92,80 @@ def test_cli_refuses_non_empty_folder_unless_force(tmp_path, capsys):
     assert cli.main(args + ["--force", "--seed", "5"]) == 0
     assert len(list((out / paths.TRAIN_IMAGES).iterdir())) == 3        # old images replaced, not mixed
     assert (out / "keep.txt").read_text() == "mine"
+
+
+SIZE = 128
+COORDS = (np.arange(SIZE) + 0.5) * 1024 / SIZE          # pixel centres in the 1024 frame
+XX, YY = np.meshgrid(COORDS, COORDS)
+
+
+def _render_pair(case, rng, **changes):
+    """(film of ``case``, film of ``case`` with ``changes``) from the same rng state, as int."""
+    twin = copy.deepcopy(rng)
+    return (synth.render(case, SIZE, rng).astype(int),
+            synth.render(dataclasses.replace(case, **changes), SIZE, twin).astype(int))
+
+
+def test_normal_films_clean_not_normal_films_carry_findings_near_the_lungs():
+    seen = {"Normal": 0, "No Lung Opacity / Not Normal": 0}
+    for i in range(40):
+        rng = np.random.default_rng([5, i])
+        case = synth.sample_case(rng, positive=False)
+        film, clean = _render_pair(case, rng, findings=())
+        seen[case.cls] += 1
+        if case.cls == "Normal":
+            assert case.findings == () and (film == clean).all()
+            continue
+        changed = abs(film - clean) >= 8                 # gray levels
+        assert changed.sum() >= 30                       # of 128 x 128 px: a visible finding
+        near = np.zeros_like(changed)                    # the lung fields' bounding box + 100 px
+        near[(YY >= min(l.cy - l.ay for l in case.lungs) - 100)
+             & (YY <= max(l.cy + l.ay for l in case.lungs) + 100)
+             & (XX >= min(l.cx - l.ax for l in case.lungs) - 100)
+             & (XX <= max(l.cx + l.ax for l in case.lungs) + 100)] = True
+        assert (changed & near).sum() >= 0.5 * changed.sum()
+    assert min(seen.values()) >= 10
+
+
+def test_finding_kinds_all_occur_and_some_positives_carry_findings():
+    kinds, positives_with = set(), 0
+    for i in range(300):
+        rng = np.random.default_rng([8, i])
+        negative = synth.sample_case(rng, positive=False)
+        assert (negative.cls == "Normal") == (negative.findings == ())
+        kinds |= {f.kind for f in negative.findings}
+        positives_with += bool(synth.sample_case(rng, positive=True).findings)
+    assert kinds == set(synth.FINDING_KINDS)
+    assert 0.1 * 300 < positives_with < 0.3 * 300     # POSITIVE_FINDING_FRACTION = 0.2
+
+
+def test_opacity_contrast_spreads_from_faint_to_obvious_and_fills_its_box():
+    gains = []
+    for i in range(40):
+        rng = np.random.default_rng([6, i])
+        case = synth.sample_case(rng, positive=True)
+        film, flat = _render_pair(case, rng, contrast=(0.0,) * len(case.contrast))
+        opacity = film - flat                            # gray levels the opacities add
+        in_box = np.zeros(opacity.shape, bool)
+        for x, y, w, h in case.boxes:
+            box = (XX >= x) & (XX < x + w) & (YY >= y) & (YY < y + h)
+            in_box |= box
+            core = (abs(XX - x - w / 2) < w / 4) & (abs(YY - y - h / 2) < h / 4)
+            gains.append(opacity[core].mean())
+            if len(case.boxes) == 1:                     # the blob reaches its box on every side
+                rows, cols = np.nonzero(opacity >= 1)
+                assert COORDS[cols].min() - x < 0.1 * w and x + w - COORDS[cols].max() < 0.1 * w
+                assert COORDS[rows].min() - y < 0.1 * h and y + h - COORDS[rows].max() < 0.1 * h
+        assert (opacity[~in_box] == 0).all()             # nothing outside the boxes
+    gains = np.array(gains)
+    assert gains.min() > 10                              # every opacity is there to learn
+    assert 0.1 < (gains < 35).mean() < 0.4               # a minority is faint
+    assert (gains > 50).mean() > 0.3                     # many are obvious
+    assert gains.max() > 3 * gains.min()
+
+
+def test_same_seed_same_findings_and_pixels():
+    a, b = (synth.sample_case(np.random.default_rng([9, 2]), positive=False) for _ in range(2))
+    assert a.cls == "No Lung Opacity / Not Normal" and a.findings and a.findings == b.findings
+    film_a = synth.render(a, 64, np.random.default_rng(1))
+    assert (film_a == synth.render(b, 64, np.random.default_rng(1))).all()
