@@ -13,7 +13,7 @@ import json
 import statistics
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import keras
 import numpy as np
@@ -80,14 +80,17 @@ class EpochMetric(keras.callbacks.Callback):
         self.detect_s: float | None = None
 
     def measure(self) -> float:
-        """Detect time per image (seconds, one pass), after one warm-up call."""
+        """Detect time per image (seconds, one pass) on one full batch, after a warm-up call
+        (detect pads a short batch, so a partial one would overstate the time per image)."""
         from kit.predict import detect_raw
 
-        images = [self.load_image(pid) for pid in self.ids[:2]]
-        detect_raw(self.infer_model, images[:1], self.ids[:1], self.side, tta="none")
+        n = self.infer_model.config.BATCH_SIZE
+        ids = [self.ids[i % len(self.ids)] for i in range(n)]
+        images = [self.load_image(pid) for pid in ids]
+        detect_raw(self.infer_model, images, ids, self.side, tta="none")
         start = time.perf_counter()
-        detect_raw(self.infer_model, images, self.ids[:2], self.side, tta="none")
-        self.detect_s = (time.perf_counter() - start) / len(images)
+        detect_raw(self.infer_model, images, ids, self.side, tta="none")
+        self.detect_s = (time.perf_counter() - start) / n
         return self.detect_s
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
@@ -117,23 +120,30 @@ class EpochMetric(keras.callbacks.Callback):
 
 
 class BudgetMeter(keras.callbacks.Callback):
-    """Measures steps and epoch ends; stops training when the stop rule of kit.budget says so.
+    """Measures steps and epoch ends; plans the schedule and stops training by kit.budget.
 
-    ``costs(...)`` gives the current kit.budget.Costs. The first batch of each ``fit`` (graph
-    tracing) is timed apart as ``trace_s``, not as a step."""
+    The first batch of each ``fit`` (graph tracing) is timed apart as ``trace_s``, not as a
+    step. After PLAN_AFTER measured steps, ``planner()`` (if given) returns the steps per epoch
+    for the rest of the schedule (``epoch_limit``); when that is fewer than the running epoch's,
+    the epoch ends there and the caller continues with the new length. Whenever the stop rule
+    holds, training stops (``stopped_at``); the epoch's checkpoint is still written."""
+
+    PLAN_AFTER = 5
 
     def __init__(self, budget: B.Budget | None, detect_s: float, build_s: float,
                  predict_images: int, tta_passes: int, epoch_end_guess_s: float = 0.0,
-                 clock=time.time):
+                 val_steps: int = 0, planner: Callable[[], int] | None = None,
+                 clock: Callable[[], float] = time.time):
         super().__init__()
-        self.budget, self.clock = budget, clock
+        self.budget, self.clock, self.planner = budget, clock, planner
         self.detect_s, self.build_s = detect_s, build_s
         self.predict_images, self.tta_passes = predict_images, tta_passes
+        self.epoch_end_guess_s, self.val_steps = epoch_end_guess_s, val_steps
         self.steps: list[float] = []
         self.epoch_ends: list[float] = []
-        self.epoch_end_guess_s = epoch_end_guess_s
         self.trace_s = 0.0
         self.stopped_at: int | None = None
+        self.epoch_limit: int | None = None
         self._t = self._last_batch_end = None
         self._first = True
 
@@ -142,8 +152,12 @@ class BudgetMeter(keras.callbacks.Callback):
         return statistics.median(self.steps[-50:]) if self.steps else None
 
     def costs(self) -> B.Costs:
-        epoch_end = self.epoch_ends[-1] if self.epoch_ends else self.epoch_end_guess_s
-        return B.Costs(step_s=self.step_s or 0.0, epoch_end_s=epoch_end, detect_s=self.detect_s,
+        """The current Costs; before an epoch end was measured, it is guessed as val_map's
+        detection plus half a training step per validation step."""
+        step = self.step_s or 0.0
+        epoch_end = (self.epoch_ends[-1] if self.epoch_ends
+                     else self.epoch_end_guess_s + 0.5 * step * self.val_steps)
+        return B.Costs(step_s=step, epoch_end_s=epoch_end, detect_s=self.detect_s,
                        build_s=self.build_s, predict_images=self.predict_images,
                        tta_passes=self.tta_passes)
 
@@ -174,6 +188,9 @@ class BudgetMeter(keras.callbacks.Callback):
         self._last_batch_end = now
         if self.budget is None or self.step_s is None:
             return
+        if self.planner is not None and self.epoch_limit is None \
+                and len(self.steps) >= self.PLAN_AFTER:
+            self.epoch_limit = self.planner()
         if B.should_stop(self.budget.left(now), self.costs()):
             self.model.stop_training = True
             self.stopped_at = batch + 1
@@ -181,3 +198,7 @@ class BudgetMeter(keras.callbacks.Callback):
                 f"{B.format_duration(self.budget.left(now))} left (reserve "
                 f"{B.format_duration(B.reserve_s(self.costs()))} for predict/tune/submit/report);"
                 " the epoch's checkpoint is written now")
+        elif (self.epoch_limit is not None and batch + 1 >= self.epoch_limit
+              and batch + 1 < int((self.params or {}).get("steps") or 0)):
+            self.model.stop_training = True
+            say(f"plan: this epoch ends at step {batch + 1}, like every later one")

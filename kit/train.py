@@ -124,8 +124,8 @@ def train(preset: str | None = None, data_dir: Path | None = None,
     """Train a preset (or resume a run) and return the run folder.
 
     With a ``budget`` the schedule is planned to leave the rest of the flow its time (see
-    kit.budget): the first epoch measures, the remaining epochs are shortened alike when they
-    would not fit, and training stops at the last step that leaves the reserve.
+    kit.budget): after a few measured steps, the running and remaining epochs are shortened
+    alike when they would not fit, and training stops at the last step that leaves the reserve.
     runs/<run>/train_state.json says how it ended (complete, or stopped by the budget)."""
     if resume:
         if preset or overrides:
@@ -179,24 +179,29 @@ def train(preset: str | None = None, data_dir: Path | None = None,
     metric.measure()
     build_s = time.time() - t_build
     n_predict = len(val_ids) + len(cache.ids("test"))
+    scheduled = mcfg.STEPS_PER_EPOCH
     meter = BudgetMeter(budget, detect_s=metric.detect_s, build_s=build_s,
                         predict_images=n_predict, tta_passes=2 if cfg.tta == "flip" else 1,
-                        epoch_end_guess_s=metric.detect_s * len(metric.ids))
+                        epoch_end_guess_s=metric.detect_s * len(metric.ids),
+                        val_steps=mcfg.VALIDATION_STEPS,
+                        planner=lambda: _plan(budget, meter, cfg, model.epoch, scheduled))
     if budget:
         say(f"time budget {B.format_duration(budget.seconds)}: "
             f"{B.format_duration(budget.left())} left; reserve "
             f"{B.format_duration(B.reserve_s(meter.costs()))} for predict ({n_predict} images, "
-            f"{metric.detect_s:.3f} s/image/pass) + tune/submit/report; the first epoch measures "
-            "the step time, then the plan is fixed")
+            f"{metric.detect_s:.3f} s/image/pass) + tune/submit/report; after "
+            f"{BudgetMeter.PLAN_AFTER} steps the plan is fixed")
 
     augmentation = albumentations_augmentation() if cfg.augmented else None
     start = time.time()
-    scheduled = mcfg.STEPS_PER_EPOCH
-    for stage, end in _segments(cfg, model.epoch, calibrate=budget is not None):
-        if meter.stopped_at is not None:
+    while meter.stopped_at is None:
+        stage_end = next(((st, end) for st, end in cfg.schedule if end > model.epoch), None)
+        if stage_end is None:
             break
-        if budget and meter.step_s is not None:
-            mcfg.STEPS_PER_EPOCH = _plan(budget, meter, cfg, model.epoch, scheduled)
+        stage, end = stage_end
+        if meter.epoch_limit is not None:
+            mcfg.STEPS_PER_EPOCH = meter.epoch_limit
+        before = model.epoch
         say(f"stage: layers={stage.layers} epochs {model.epoch + 1}..{end} of "
             f"{cfg.total_epochs}, {mcfg.STEPS_PER_EPOCH} steps each, "
             f"lr={cfg.learning_rate * stage.lr_factor:g} augment={stage.augment}")
@@ -204,6 +209,9 @@ def train(preset: str | None = None, data_dir: Path | None = None,
                     epochs=end, layers=stage.layers,
                     augmentation=augmentation if stage.augment else None,
                     custom_callbacks=[metric, meter], workers=cfg.workers)
+        model.epoch = trained_epochs(run)      # an epoch may end early (plan, budget)
+        if model.epoch <= before:
+            raise KitError(f"training did not finish an epoch after epoch {before}", path=run)
     done = trained_epochs(run)
     state = {"epochs_done": done, "epochs_scheduled": cfg.total_epochs,
              "complete": meter.stopped_at is None and done >= cfg.total_epochs,
@@ -218,20 +226,13 @@ def train(preset: str | None = None, data_dir: Path | None = None,
     return run
 
 
-def _segments(cfg: RunConfig, done: int, calibrate: bool) -> list[tuple]:
-    """The schedule's (stage, end epoch) still to run; with ``calibrate`` the first one is
-    split after its first epoch, so the plan is made on a measured step time."""
-    out = [(stage, end) for stage, end in cfg.schedule if end > done]
-    if calibrate and out and out[0][1] > done + 1:
-        out.insert(0, (out[0][0], done + 1))
-    return out
-
-
 def _plan(budget: Budget, meter: BudgetMeter, cfg: RunConfig, done: int, scheduled: int) -> int:
     """Steps per epoch for the rest of the schedule (kit.budget.plan_steps), logged."""
     costs = meter.costs()
-    stages_left = sum(1 for _, end in cfg.schedule if end > done)
-    available = budget.left() - B.reserve_s(costs) - stages_left * meter.trace_s
+    # every later fit traces the graph again: the rest of this stage (if this epoch is cut) and
+    # each later stage
+    fits_left = sum(1 for _, end in cfg.schedule if end > done)
+    available = budget.left() - B.reserve_s(costs) - fits_left * meter.trace_s
     epochs_left = cfg.total_epochs - done
     steps = B.plan_steps(available, epochs_left, scheduled, costs)
     eta = epochs_left * (steps * costs.step_s + costs.epoch_end_s)

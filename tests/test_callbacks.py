@@ -91,3 +91,23 @@ def test_subset_ids_is_seeded_and_keeps_order(n):
     assert pick == [p for p in ids if p in pick]
     if n == 3:
         assert pick != subset_ids(ids, n, seed=6) or pick != subset_ids(ids, n, seed=7)
+
+
+def test_plan_after_five_steps_ends_this_epoch_at_the_planned_length():
+    clock = Clock()
+    calls = []
+    meter = BudgetMeter(B.Budget(clock.t + 10_000.0, 10_000.0), 0.5, 20.0, 100, 2, clock=clock,
+                        planner=lambda: calls.append(len(meter.steps)) or 8)
+    meter.set_model(FakeModel())
+    meter.set_params({"steps": 40, "epochs": 12})
+    meter.on_train_begin()
+    steps = run_steps(meter, clock, [30.0] + [2.0] * 39)
+    assert calls == [5]                       # planned once, after 5 measured steps
+    assert meter.epoch_limit == 8 and steps == 8 and meter.model.stop_training
+    assert meter.stopped_at is None           # a shorter epoch, not a budget stop
+    # the next fit runs epochs of 8 steps: the limit does not stop them early
+    meter.set_model(FakeModel())
+    meter.set_params({"steps": 8, "epochs": 12})
+    meter.on_train_begin()
+    assert run_steps(meter, clock, [30.0] + [2.0] * 7, epoch=1) == 8
+    assert not meter.model.stop_training and calls == [5]
