@@ -228,6 +228,7 @@ def _study(backbone: str, augment: bool) -> RunConfig:
     return RunConfig(name=f"{short}-{'all-aug' if augment else 'heads'}", backbone=backbone,
                      image_size=512, init="coco", stages=stages, learning_rate=0.006,
                      images_per_gpu=4, rpn_anchor_scales=(32, 64, 128, 256, 512),
+                     val_map_images=300,
                      notes="study configuration: " + ("complete training with augmentation"
                                                       if augment else "heads only, no augmentation"))
 
@@ -264,7 +265,7 @@ PRESETS: dict[str, RunConfig] = {
         name="kaggle", backbone="resnet101", image_size=512, init="coco",
         stages=(Stage("heads", 2), Stage("4+", 4, 1.0, True), Stage("all", 6, 0.1, True)),
         learning_rate=0.006, images_per_gpu=4, rpn_anchor_scales=(32, 64, 128, 256, 512),
-        notes="Kaggle 2xT4 defaults"),
+        val_map_images=300, notes="Kaggle 2xT4 defaults"),
 }
 
 
