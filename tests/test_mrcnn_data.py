@@ -245,3 +245,107 @@ def test_generator_random_rois_when_rpn_rois_are_off():
     config.USE_RPN_ROIS = False
     (x,) = D.DataGenerator(BoxDataset([[(8, 8, 40, 30)], []]), config)[0]
     assert x[D.RANDOM_ROIS_NAME].shape == (2, 50, 4)
+
+
+def _batches(gen) -> list[dict[str, np.ndarray]]:
+    return [gen[i][0] for i in range(len(gen))]
+
+
+def _same(a: list[dict], b: list[dict]) -> bool:
+    return all(x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x)
+               for x, y in zip(a, b))
+
+
+def test_generator_batches_depend_on_seed_epoch_and_index_only_even_with_threads():
+    pytest.importorskip("albumentations")
+    from concurrent.futures import ThreadPoolExecutor
+
+    config = TinyConfig()
+    ds = BoxDataset([[(8, 8, 30, 40)], [], [(20, 4, 50, 30)], [(2, 2, 20, 20), (30, 30, 60, 60)],
+                     [], [(10, 30, 40, 60)]])
+
+    def gen(seed, epoch=0, augmentation=D.albumentations_augmentation()):
+        return D.DataGenerator(ds, config, augmentation=augmentation, seed=seed, epoch=epoch,
+                               workers=2)
+
+    reference = gen(11)
+    epoch0 = _batches(reference)
+    reference.on_epoch_end()
+    epoch1 = _batches(reference)
+    threaded = gen(11)                                    # fetched out of order, 4 threads at once
+    with ThreadPoolExecutor(4) as pool:
+        items = list(pool.map(lambda i: threaded[i][0], reversed(range(len(threaded)))))[::-1]
+    assert _same(items, epoch0)
+    assert _same(_batches(gen(11, epoch=1)), epoch1)     # a resumed epoch 1 sees epoch 1's data
+    assert not _same(epoch0, epoch1)
+    assert not _same(_batches(gen(12)), epoch0)
+    plain = _batches(gen(11, augmentation=None))
+    assert not all(np.array_equal(a["input_image"], b["input_image"])
+                   for a, b in zip(plain, epoch0))      # the augmentation did something
+
+
+def test_albumentations_output_is_a_function_of_the_seed_across_threads():
+    pytest.importorskip("albumentations")
+    from concurrent.futures import ThreadPoolExecutor
+
+    ds = BoxDataset([[(10, 6, 30, 20)]])
+    image, (masks, _) = ds.load_image(0), ds.load_mask(0)
+    aug = D.albumentations_augmentation(flip=0.5, affine=1.0, brightness_contrast=1.0, blur=0.5)
+    want = [aug(image, masks, seed=s) for s in range(8)]
+    assert not all(np.array_equal(want[0][0], w[0]) for w in want[1:])
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda s: aug(image, masks, seed=s), list(range(8)) * 3))
+    for s, (im, m) in enumerate(got):
+        assert np.array_equal(im, want[s % 8][0]) and np.array_equal(m, want[s % 8][1])
+    # one generator shared by the transforms: flip and brightness fire independently
+    # (Compose.set_random_seed would give both the same stream: always together)
+    two = D.albumentations_augmentation(flip=0.5, affine=0.0, brightness_contrast=0.5, blur=0.0)
+    flipped, changed = [], []
+    for s in range(40):
+        im, m = two(image, masks, seed=s)
+        flipped.append(np.array_equal(m, masks[:, ::-1]))
+        changed.append(not np.array_equal(im, image[:, ::-1] if flipped[-1] else image))
+    assert 0 < sum(flipped) < 40 and 0 < sum(changed) < 40 and flipped != changed
+    import pickle
+    clone = pickle.loads(pickle.dumps(aug))              # process workers get a copy
+    assert np.array_equal(clone(image, masks, seed=3)[0], want[3][0])
+
+
+def test_custom_augmentation_gets_a_seed_only_when_it_takes_one():
+    config = TinyConfig()
+    ds = BoxDataset([[(8, 8, 30, 40)], []])
+    seen = []
+
+    def seeded(image, masks, seed):
+        seen.append(seed)
+        return image, masks
+
+    def unseeded(image, masks):
+        seen.append("none")
+        return image, masks
+
+    for aug in (seeded, unseeded, lambda im, m, **kw: (seen.append(kw["seed"]) or (im, m))):
+        D.DataGenerator(ds, config, augmentation=aug, seed=1)[0]
+    assert seen[2:4] == ["none", "none"]
+    assert all(isinstance(s, int) for s in seen[:2] + seen[4:])
+    assert seen[:2] == seen[4:] and seen[0] != seen[1]   # per image, same seeds each time
+    assert not D.takes_seed(unseeded) and D.takes_seed(D.albumentations_augmentation())
+
+
+def test_generator_image_class_input():
+    config = TinyConfig()
+    config.IMAGE_CLASSES = 3
+    ds = BoxDataset([[(8, 8, 30, 40)], [], [], []])
+    for i, cls in enumerate([0, 2, None, 1]):
+        if cls is not None:
+            ds.image_info[i]["image_class"] = cls
+    gen = D.DataGenerator(ds, config, shuffle=False)
+    values = np.concatenate([b[D.IMAGE_CLASS_INPUT] for b in _batches(gen)])
+    assert values.dtype == np.int32 and values.tolist() == [0, 2, -1, 1]    # missing: -1
+    assert gen[0][0][D.IMAGE_CLASS_INPUT].shape == (2,)
+    ds.image_info[3]["image_class"] = 3
+    with pytest.raises(ValueError, match=r"image 3 \(id 3\): image_class=3, expected an int "
+                                         r"in -1\.\.2"):
+        gen[1]
+    config.IMAGE_CLASSES = 0
+    assert D.IMAGE_CLASS_INPUT not in D.DataGenerator(ds, config)[0][0]

@@ -263,3 +263,56 @@ def test_first_rois_and_positive_rows_keep_order_dtype_and_never_empty():
     np.testing.assert_array_equal(none, x.numpy()[:1, 0])
     sym = L.PositiveRows()([keras.Input((4, 7, 7, 5)), keras.Input((4,), dtype="int32")])
     assert tuple(sym.shape) == (None, 7, 7, 5)
+
+
+def _far_case():
+    """One image, two gt boxes, proposals that all miss them (IoU < 0.5 with both)."""
+    gt = np.array([[[0.1, 0.1, 0.3, 0.3], [0.6, 0.5, 0.9, 0.8], [0, 0, 0, 0]]], np.float32)
+    gt_ids = np.array([[1, 1, 0]], np.int32)
+    proposals = np.zeros((1, 8, 4), np.float32)
+    proposals[0, :5] = [[0.0, 0.6, 0.2, 0.9], [0.4, 0.0, 0.5, 0.2], [0.3, 0.3, 0.5, 0.5],
+                        [0.1, 0.1, 0.15, 0.15], [0.85, 0.0, 1.0, 0.1]]
+    masks = np.zeros((1, 8, 8, 3), bool)
+    masks[0, :, :, :2] = True                                   # mini masks: whole gt boxes
+    return [tf.constant(v) for v in (proposals, gt_ids, gt, masks)]
+
+
+def test_detection_targets_proposals_with_gt_gives_positives_when_proposals_miss():
+    inputs = _far_case()
+    kwargs = dict(rois_per_image=6, roi_positive_ratio=0.5, bbox_std_dev=[0.1, 0.1, 0.2, 0.2],
+                  mask_shape=[4, 4], use_mini_mask=True, negatives_without_positives=3)
+    off = [t.numpy() for t in DetectionTargetLayer(**kwargs, seed=1)(inputs)]
+    assert off[1].tolist() == [[0] * 6]                          # Matterport: no positive
+    assert (np.abs(off[0][0]).sum(axis=1) > 0).sum() == 3        # only the negatives
+    rois, class_ids, deltas, masks = (t.numpy() for t in DetectionTargetLayer(
+        **kwargs, proposals_with_gt=True, seed=1)(inputs))
+    assert class_ids[0].tolist() == [1, 1, 0, 0, 0, 0]            # both gt boxes, then 2 negatives
+    gt = inputs[2].numpy()[0, :2]
+    assert sorted(map(tuple, rois[0, :2].round(6))) == sorted(map(tuple, gt.round(6)))
+    np.testing.assert_allclose(deltas[0, :2], 0, atol=1e-6)       # a gt box needs no refinement
+    assert masks[0, :2].all() and not masks[0, 2:].any()
+    negatives = rois[0, 2:4]
+    assert utils.compute_overlaps(negatives, gt).max() < 0.5 and not rois[0, 4:].any()
+    clone = DetectionTargetLayer.from_config(DetectionTargetLayer(
+        **kwargs, proposals_with_gt=True, seed=7).get_config())
+    assert clone.proposals_with_gt is True and clone.seed == 7
+
+
+def test_detection_target_sampling_is_seeded_per_call_and_per_image():
+    n = 40
+    proposals = np.concatenate([_random_boxes(n - 8), np.tile([[0.2, 0.2, 0.6, 0.6]], (8, 1))])
+    proposals = np.stack([proposals, proposals]).astype(np.float32)   # two identical images
+    gt = np.array([[[0.2, 0.2, 0.6, 0.6]]] * 2, np.float32)
+    inputs = [tf.constant(proposals), tf.constant([[1], [1]], tf.int32), tf.constant(gt),
+              tf.constant(np.ones((2, 4, 4, 1), bool))]
+
+    def layer(seed):
+        return DetectionTargetLayer(8, 0.25, [0.1, 0.1, 0.2, 0.2], [4, 4], True, 4, seed=seed)
+
+    first, again = layer(3), layer(3)
+    a1, a2, b1 = first(inputs)[0].numpy(), first(inputs)[0].numpy(), again(inputs)[0].numpy()
+    np.testing.assert_array_equal(a1, b1)            # same seed, same call number: same ROIs
+    assert not np.array_equal(a1, a2)                # the next call samples afresh
+    assert not np.array_equal(a1[0], a1[1])          # each image of a batch its own sample
+    assert not np.array_equal(a1, layer(4)(inputs)[0].numpy())
+    assert [v.name for v in first.weights] == []     # the seed state is not a weight

@@ -179,3 +179,16 @@ def test_mask_loss_on_positive_rows_equals_the_batched_loss():
     assert rows == pytest.approx(batched, rel=1e-6)
     dummy = float(L.MrcnnMaskLossRows()([target[0, :1], np.zeros(1, np.int32), pred[0, :1]]))
     assert dummy == 0.0
+
+
+def test_image_class_loss_skips_unknown_images_and_is_zero_without_known_ones():
+    logits = RNG.normal(size=(4, 3)).astype(np.float32)
+    labels = np.array([2, -1, 0, -1], np.int32)
+    want = _np_ce(logits[[0, 2]], labels[[0, 2]]).mean()
+    got = L.ImageClassLoss(name="kit_image_class_loss")([tf.constant(labels), tf.constant(logits)])
+    assert got.shape == () and got.dtype == tf.float32
+    np.testing.assert_allclose(float(got), want, rtol=1e-6)
+    unknown = L.image_class_loss_graph(tf.constant([-1, -1]), tf.constant(logits[:2]))
+    assert float(unknown) == 0.0
+    perfect = np.array([[30.0, 0.0, 0.0], [0.0, 0.0, 30.0]], np.float32)
+    assert float(L.image_class_loss_graph(tf.constant([0, 2]), tf.constant(perfect))) < 1e-6

@@ -57,13 +57,13 @@ class _ToyData(keras.utils.PyDataset):
 def test_layer_groups_select_the_expected_layers():
     names = ["conv1", "bn_conv1", "res2a_branch2a", "bn2a_branch1", "res3b_branch2c", "bn3d_branch2b",
              "res4f_branch2a", "bn4w_branch2c", "res5c_branch2a", "bn5a_branch1", "fpn_c5p5", "fpn_p6",
-             "rpn_conv_shared", "rpn_model", "mrcnn_class_logits", "mrcnn_mask_bn4"]
+             "rpn_conv_shared", "rpn_model", "mrcnn_class_logits", "mrcnn_mask_bn4", "kit_image_fc"]
 
     def picked(group):
         return {n for n in names if re.fullmatch(T.layer_regex(group), n)}
 
     heads = {"fpn_c5p5", "fpn_p6", "rpn_conv_shared", "rpn_model", "mrcnn_class_logits",
-             "mrcnn_mask_bn4"}
+             "mrcnn_mask_bn4", "kit_image_fc"}           # kit_*: the kit's own heads train too
     assert picked("heads") == heads
     assert picked("5+") == heads | {"res5c_branch2a", "bn5a_branch1"}
     assert picked("4+") == picked("5+") | {"res4f_branch2a", "bn4w_branch2c"}

@@ -182,3 +182,16 @@ def test_coco_path_is_found_by_size_and_never_downloaded_unasked(tmp_path):
     with open(wrong, "wb") as fh:                    # sparse file of the published size
         fh.truncate(W.COCO_SIZE)
     assert W.coco_weights_path(weights_dir=tmp_path) == wrong
+
+
+def test_kit_layers_are_reported_as_new_not_missing(tmp_path):
+    _matterport_file(tmp_path / "coco.h5", _values(3))
+    plain = W.load_weights(_small_model(), tmp_path / "coco.h5")
+    base = _small_model()                                # + the kit's own head on top
+    head = keras.layers.Dense(3, name="kit_image_logits")(
+        keras.layers.GlobalAveragePooling2D(name="kit_image_pool")(base.output))
+    with_head = W.load_weights(keras.Model(base.input, [base.output, head]), tmp_path / "coco.h5")
+    assert with_head["new_in_model"] == ["kit_image_logits"] and plain["new_in_model"] == []
+    assert {k: v for k, v in with_head.items() if k != "new_in_model"} == \
+        {k: v for k, v in plain.items() if k != "new_in_model"}
+    assert plain["missing_in_file"] == [] and plain["loaded"] == ["conv1", "bn_conv1", "rpn_model"]

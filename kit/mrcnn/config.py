@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 RESIZE_MODES = ("none", "square", "pad64", "crop")
+IMAGE_CLASS_LOSS = "kit_image_class_loss"   # loss of the image-level head (IMAGE_CLASSES > 0)
 OPTIMIZERS = ("SGD", "ADAM")
 BACKBONES = ("resnet50", "resnet101")
 
@@ -86,10 +87,13 @@ class Config:
 
     # RSNA additions
     TRAIN_ON_EMPTY_IMAGES = True             # keep images without boxes in training batches
-    SEED = None                              # int: data order, augmentation, anchor sampling
-    IMAGE_CLASSES = 0                        # >0: image-level classification head (kit_image_*)
-    IMAGE_CLASS_LOSS_WEIGHT = 1.0            # weight of kit_image_class_loss
-    PROPOSALS_WITH_GT = False                # append GT boxes to proposals (torchvision); False: Matterport
+    # SEED int: data order, augmentation, RPN anchor and ROI sampling are functions of (SEED,
+    # epoch, image); None: drawn from NumPy's/Python's global RNG (keras.utils.set_random_seed
+    # fixes those). Weight init is the caller's: keras.utils.set_random_seed before building.
+    SEED = None
+    IMAGE_CLASSES = 0                        # >= 2: image-level head (kit_image_*); 0: off
+    IMAGE_CLASS_LOSS_WEIGHT = 1.0            # weight of kit_image_class_loss (not in LOSS_WEIGHTS)
+    PROPOSALS_WITH_GT = False                # True: GT boxes join the proposals (torchvision)
     MIXED_PRECISION = False
 
     # ---- derived values ----
@@ -97,6 +101,15 @@ class Config:
     def MAX_POSITIVE_ROIS(self) -> int:
         """Most positive ROIs a training image gets (they come first in the sampled ROIs)."""
         return int(self.TRAIN_ROIS_PER_IMAGE * self.ROI_POSITIVE_RATIO)
+
+    @property
+    def TRAINING_LOSS_WEIGHTS(self) -> dict[str, float]:
+        """Every loss of the training model, in output order, with its weight: LOSS_WEIGHTS
+        (Matterport's five) then kit_image_class_loss: IMAGE_CLASS_LOSS_WEIGHT if IMAGE_CLASSES."""
+        weights = {name: float(self.LOSS_WEIGHTS[name]) for name in Config.LOSS_WEIGHTS}
+        if self.IMAGE_CLASSES:
+            weights[IMAGE_CLASS_LOSS] = float(self.IMAGE_CLASS_LOSS_WEIGHT)
+        return weights
 
     @property
     def BATCH_SIZE(self) -> int:
@@ -151,8 +164,18 @@ class Config:
                              f"{RESIZE_MODES}")
         if self.OPTIMIZER not in OPTIMIZERS:
             raise ValueError(f"OPTIMIZER={self.OPTIMIZER!r}: choose one of {OPTIMIZERS}")
+        if IMAGE_CLASS_LOSS in self.LOSS_WEIGHTS:
+            raise ValueError(f"LOSS_WEIGHTS[{IMAGE_CLASS_LOSS!r}]: set IMAGE_CLASS_LOSS_WEIGHT "
+                             "instead (LOSS_WEIGHTS holds Matterport's five losses)")
         if set(self.LOSS_WEIGHTS) != set(Config.LOSS_WEIGHTS):
             raise ValueError(f"LOSS_WEIGHTS keys must be {sorted(Config.LOSS_WEIGHTS)}")
+        if not isinstance(self.IMAGE_CLASSES, (int, np.integer)) or self.IMAGE_CLASSES == 1 \
+                or self.IMAGE_CLASSES < 0:
+            raise ValueError(f"IMAGE_CLASSES={self.IMAGE_CLASSES!r}: 0 (no image head) or an "
+                             "int >= 2 (classes of the image-level softmax)")
+        if self.SEED is not None and (not isinstance(self.SEED, (int, np.integer))
+                                      or self.SEED < 0):
+            raise ValueError(f"SEED={self.SEED!r}: None or an int >= 0")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -4,60 +4,36 @@ Boxes are [y1, x1, y2, x2] in pixels of the molded (resized + padded) image, y2/
 (as ``utils.extract_bboxes`` gives them). Images without boxes are first-class citizens (about
 77% of RSNA): they get all-negative RPN targets and zero-padded head inputs.
 
-Augmentation contract: any callable ``aug(image uint8 HxWx3, masks bool HxWxN) -> (image,
-masks)`` of the same shapes. Boxes are recomputed from the returned masks and instances whose
-mask vanished (moved out of the image) are dropped. ``albumentations_augmentation()`` builds one.
+Augmentation: see kit.mrcnn.augment (any ``aug(image, masks) -> (image, masks)``; seeded when
+it accepts ``seed=``). Boxes are recomputed from the returned masks and instances whose mask
+vanished (moved out of the image) are dropped.
+
+Randomness (vs. Matterport's global np.random): every random draw of a batch comes from
+``np.random.SeedSequence([seed, epoch, batch index, slot])``, so any number of thread workers,
+in any timing, give the same batches, and a resumed run the same epoch it would have had.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import keras
 import numpy as np
 
 from kit.mrcnn import utils
-
-Augmentation = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+from kit.mrcnn.augment import (Augmentation, albumentations_augmentation,  # noqa: F401 (API)
+                               takes_seed)
 INPUT_NAMES = ("input_image", "input_image_meta", "input_rpn_match", "input_rpn_bbox",
                "input_gt_class_ids", "input_gt_boxes", "input_gt_masks")
 RANDOM_ROIS_NAME = "input_roi"   # extra input when config.USE_RPN_ROIS is False
-
-
-def albumentations_augmentation(flip: float = 0.5, affine: float = 0.5, scale: float = 0.1,
-                                translate: float = 0.06, rotate: float = 5.0,
-                                brightness_contrast: float = 0.5, limit: float = 0.15,
-                                blur: float = 0.2) -> Augmentation:
-    """An augmentation callable from albumentations: flips, small affine, brightness/contrast, blur.
-
-    Arguments are probabilities (``flip``, ``affine``, ``brightness_contrast``, ``blur``) and
-    magnitudes: ``scale`` (fraction), ``translate`` (fraction of the side), ``rotate`` (degrees),
-    ``limit`` (brightness/contrast fraction). Masks move with the image (nearest-neighbour).
-    """
-    import albumentations as A
-
-    transform = A.Compose([
-        A.HorizontalFlip(p=flip),
-        A.Affine(scale=(1 - scale, 1 + scale), translate_percent=(-translate, translate),
-                 rotate=(-rotate, rotate), fill=0, fill_mask=0, p=affine),
-        A.RandomBrightnessContrast(brightness_limit=limit, contrast_limit=limit,
-                                   p=brightness_contrast),
-        A.GaussianBlur(blur_limit=(3, 5), p=blur),
-    ])
-
-    def augment(image: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if masks.shape[-1] == 0:
-            return transform(image=image)["image"], masks
-        out = transform(image=image, mask=masks.astype(np.uint8))
-        return out["image"], out["mask"].astype(bool)
-
-    return augment
+IMAGE_CLASS_INPUT = "input_image_class"   # extra input when config.IMAGE_CLASSES > 0
 
 
 def load_image_gt(dataset: utils.Dataset, config, image_id: int,
-                  augmentation: Augmentation | None = None
+                  augmentation: Augmentation | None = None, seed: int | None = None
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Load, resize and augment one image with its ground truth.
+
+    ``seed`` goes to the augmentation as ``seed=`` when it accepts one (see module docstring).
 
     Returns ``(image, image_meta, class_ids, bbox, mask)``: image HxWx3 uint8 of the molded size,
     image_meta (IMAGE_META_SIZE,) float, class_ids (N,) int32, bbox (N, 4) int32 [y1, x1, y2, x2]
@@ -74,7 +50,10 @@ def load_image_gt(dataset: utils.Dataset, config, image_id: int,
     mask = utils.resize_mask(mask, scale, padding, crop).astype(bool)
     if augmentation is not None:
         shapes = (image.shape, mask.shape)
-        image, mask = augmentation(image, mask)
+        if seed is not None and takes_seed(augmentation):
+            image, mask = augmentation(image, mask, seed=seed)
+        else:
+            image, mask = augmentation(image, mask)
         if (image.shape, mask.shape) != shapes:
             raise ValueError(f"augmentation changed shapes {shapes} -> {(image.shape, mask.shape)}; "
                              "it must keep the image and mask sizes")
@@ -229,19 +208,22 @@ class DataGenerator(keras.utils.PyDataset):
     [B,MAX_GT_INSTANCES] int32, input_gt_boxes [B,MAX_GT_INSTANCES,4] float32 pixels,
     input_gt_masks [B,*MINI_MASK_SHAPE (or H,W),MAX_GT_INSTANCES] uint8 in {0, 1} (Keras casts it
     to the graph's bool input; a bool array would break fit's first-batch MEAN reduction under
-    MirroredStrategy); plus input_roi
-    [B,POST_NMS_ROIS_TRAINING,4] int32 when USE_RPN_ROIS is False.
+    MirroredStrategy); plus input_roi [B,POST_NMS_ROIS_TRAINING,4] int32 when USE_RPN_ROIS is
+    False, and input_image_class [B] int32 when IMAGE_CLASSES > 0: each image's
+    ``image_info[i].get("image_class", -1)`` (0..IMAGE_CLASSES-1; -1 = unknown, not scored).
 
     One epoch is ``steps`` batches (default: one pass over the images); the image order is a
-    fresh permutation per epoch when ``shuffle``. Randomness is a pure function of (seed, epoch,
-    item), so thread workers give the same batches as one worker. Images without boxes are kept
-    unless config.TRAIN_ON_EMPTY_IMAGES is False.
+    fresh permutation per epoch when ``shuffle``. ``epoch`` is the number of the first epoch
+    (0-based, as fit's initial_epoch); on_epoch_end advances it. Every random draw (order, RPN
+    anchor sampling, augmentation seed, GT subsampling) is a pure function of (seed, epoch,
+    batch index, slot), so thread workers give the same batches as one worker. Images without
+    boxes are kept unless config.TRAIN_ON_EMPTY_IMAGES is False.
     """
 
     def __init__(self, dataset: utils.Dataset, config, shuffle: bool = True,
                  augmentation: Augmentation | None = None, workers: int = 1,
                  use_multiprocessing: bool = False, max_queue_size: int = 10, *,
-                 steps: int | None = None, seed: int = 0):
+                 steps: int | None = None, seed: int = 0, epoch: int = 0):
         super().__init__(workers=workers, use_multiprocessing=use_multiprocessing,
                          max_queue_size=max_queue_size)
         self.dataset, self.config = dataset, config
@@ -257,7 +239,7 @@ class DataGenerator(keras.utils.PyDataset):
         self.anchors = utils.generate_pyramid_anchors(
             config.RPN_ANCHOR_SCALES, config.RPN_ANCHOR_RATIOS, config.BACKBONE_SHAPES,
             config.BACKBONE_STRIDES, config.RPN_ANCHOR_STRIDE)
-        self.epoch = 0
+        self.epoch = int(epoch)
         self._order = self._make_order()
 
     def _make_order(self) -> np.ndarray:
@@ -279,15 +261,18 @@ class DataGenerator(keras.utils.PyDataset):
             raise IndexError(f"batch {index} out of range [0, {self.steps})")
         order = self._order
         batch = [self._example(int(order[index * self.batch_size + k]),
-                               np.random.default_rng([self.seed, self.epoch, index, k]))
+                               np.random.SeedSequence([self.seed, self.epoch, index, k]))
                  for k in range(self.batch_size)]
         return ({name: np.stack([b[name] for b in batch]) for name in batch[0]},)
 
-    def _example(self, image_id: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """Inputs of one image (no batch axis)."""
+    def _example(self, image_id: int, seeds: np.random.SeedSequence) -> dict[str, np.ndarray]:
+        """Inputs of one image (no batch axis); all its randomness comes from ``seeds``."""
         config = self.config
-        image, meta, class_ids, boxes, masks = load_image_gt(self.dataset, config, image_id,
-                                                             self.augmentation)
+        sampling, augmenting = seeds.spawn(2)
+        rng = np.random.default_rng(sampling)
+        image, meta, class_ids, boxes, masks = load_image_gt(
+            self.dataset, config, image_id, self.augmentation,
+            seed=int(augmenting.generate_state(1)[0]))
         rpn_match, rpn_bbox = build_rpn_targets(self.anchors, class_ids, boxes, config, rng)
         limit = int(config.MAX_GT_INSTANCES)
         if len(class_ids) > limit:
@@ -312,4 +297,17 @@ class DataGenerator(keras.utils.PyDataset):
         if not config.USE_RPN_ROIS:
             out[RANDOM_ROIS_NAME] = generate_random_rois(
                 image.shape, int(config.POST_NMS_ROIS_TRAINING), boxes, rng)
+        if config.IMAGE_CLASSES:
+            out[IMAGE_CLASS_INPUT] = np.int32(self._image_class(image_id))
         return out
+
+    def _image_class(self, image_id: int) -> int:
+        """The image's class for the image head, -1 when unknown; ValueError if out of range."""
+        info = self.dataset.image_info[image_id]
+        value = info.get("image_class", -1)
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
+                or not -1 <= value < self.config.IMAGE_CLASSES:
+            raise ValueError(f"image {image_id} (id {info.get('id')!r}): image_class={value!r}, "
+                             f"expected an int in -1..{self.config.IMAGE_CLASSES - 1} "
+                             "(-1 = unknown)")
+        return int(value)

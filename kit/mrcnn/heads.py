@@ -3,6 +3,9 @@
 The per-ROI heads do not use TimeDistributed: ROIs are merged [B, N, ...] -> [B*N, ...], run
 through plain Conv2D/BatchNorm/Dense layers named like Matterport's wrappers (same weights, so
 mask_rcnn_coco.h5 loads) and split back, keeping the graph size independent of N.
+
+The image-level classifier (``image_class_graph``) is the kit's own (Matterport has none); its
+layers are named ``kit_image_*`` so no Matterport weight file ever holds them.
 """
 from __future__ import annotations
 
@@ -76,3 +79,17 @@ def build_fpn_mask_graph(rois, feature_maps: list, image_meta, pool_size: int,
     x = KL.Conv2DTranspose(256, 2, strides=2, activation="relu", name="mrcnn_mask_deconv")(x)
     x = KL.Conv2D(num_classes, 1, activation="sigmoid", name="mrcnn_mask")(x)
     return x if class_ids is not None else SplitROIs(num_rois, name="mrcnn_mask_split")(x)
+
+
+def image_class_graph(c5, num_classes: int, fc_size: int = 256) -> tuple:
+    """Image-level classifier on the backbone's last stage C5 [B, h, w, 2048].
+
+    Global average pool -> Dense(fc_size, relu) -> Dense(num_classes). Returns
+    (kit_image_logits [B, K], kit_image_probs [B, K] float32 softmax). Layers: kit_image_pool,
+    kit_image_fc, kit_image_logits, kit_image_probs.
+    """
+    x = KL.GlobalAveragePooling2D(name="kit_image_pool")(c5)
+    x = KL.Dense(fc_size, activation="relu", name="kit_image_fc")(x)
+    logits = KL.Dense(num_classes, name="kit_image_logits")(x)
+    probs = KL.Activation("softmax", dtype="float32", name="kit_image_probs")(logits)
+    return logits, probs

@@ -1,5 +1,8 @@
 """The five Mask R-CNN training losses (Matterport's definitions), as tf functions and Keras layers.
 
+Plus the kit's own ``kit_image_class_loss`` of the image-level head (not in Matterport; only
+when config.IMAGE_CLASSES > 0): softmax cross-entropy per image, unknown classes (-1) skipped.
+
 Every loss is a float32 scalar (shape ``()``): the mean over whatever it scores in the whole
 (per-replica) batch. When there is nothing to score (no positive anchor, no positive ROI, no
 active predicted class) the loss is exactly 0, never NaN, so images without boxes (about 77% of
@@ -138,6 +141,20 @@ def mrcnn_mask_loss_graph(target_masks: tf.Tensor, target_class_ids: tf.Tensor,
     return _mean_or_zero(bce)
 
 
+def image_class_loss_graph(image_class: tf.Tensor, image_logits: tf.Tensor) -> tf.Tensor:
+    """Softmax cross-entropy of the image-level classifier.
+
+    image_class: [B] int, the class of each image, -1 (any negative) = unknown, not scored.
+    image_logits: [B, K]. Returns a float32 scalar: mean CE over the known images, 0 if none.
+    """
+    image_class = tf.reshape(tf.cast(image_class, tf.int32), [-1])
+    known = image_class >= 0
+    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=tf.boolean_mask(image_class, known),
+        logits=tf.boolean_mask(tf.cast(image_logits, tf.float32), known))
+    return _mean_or_zero(ce)
+
+
 class _LossLayer(keras.layers.Layer):
     """A layer wrapping one loss function; called with a list in Matterport's argument order.
 
@@ -206,3 +223,10 @@ class MrcnnMaskLossRows(_LossLayer):
 
     _fn = staticmethod(_flat_mask_loss)
     _arity = 3
+
+
+class ImageClassLoss(_LossLayer):
+    """``kit_image_class_loss([input_image_class, kit_image_logits])`` -> scalar."""
+
+    _fn = staticmethod(image_class_loss_graph)
+    _arity = 2

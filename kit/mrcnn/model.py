@@ -4,6 +4,12 @@
 set_trainable, train). The graph is built for the fixed molded image size config.IMAGE_SHAPE;
 anchors are a graph constant. Training losses come from kit.mrcnn.losses and the training
 loop from kit.mrcnn.training.
+
+Additions to Matterport (all off by default): config.IMAGE_CLASSES > 0 adds an image-level
+classifier on C5 (layers kit_image_*, training input ``input_image_class``, loss
+``kit_image_class_loss``, inference output ``kit_image_probs``, ``detect()`` key
+``image_probs``); config.PROPOSALS_WITH_GT adds the GT boxes to the sampled proposals;
+config.SEED seeds the ROI sampling (see kit.mrcnn.targets).
 """
 from __future__ import annotations
 
@@ -21,8 +27,10 @@ from keras import layers as KL
 
 from kit.mrcnn import utils, weights
 from kit.mrcnn.backbone import fpn_graph, resnet_graph
-from kit.mrcnn.config import Config
-from kit.mrcnn.heads import build_fpn_mask_graph, build_rpn_model, fpn_classifier_graph
+from kit.mrcnn.config import IMAGE_CLASS_LOSS, Config
+from kit.mrcnn.data import IMAGE_CLASS_INPUT
+from kit.mrcnn.heads import (build_fpn_mask_graph, build_rpn_model, fpn_classifier_graph,
+                             image_class_graph)
 from kit.mrcnn.layers import (AnchorsLayer, DetectionLayer, FirstROIs, NormBoxes,
                               ParseImageMeta, PositiveRows, ProposalLayer)
 from kit.mrcnn.targets import DetectionTargetLayer
@@ -48,12 +56,12 @@ class SliceBoxes(KL.Layer):
         return (*input_shape[:-1], 4)
 
 
-def _pyramid(config: Config, input_image) -> tuple[list, list]:
-    """Backbone + FPN: (RPN feature maps P2..P6, head feature maps P2..P5)."""
+def _pyramid(config: Config, input_image) -> tuple[list, list, Any]:
+    """Backbone + FPN: (RPN feature maps P2..P6, head feature maps P2..P5, C5)."""
     _, c2, c3, c4, c5 = resnet_graph(input_image, config.BACKBONE, train_bn=config.TRAIN_BN,
                                      bn_momentum=config.BN_MOMENTUM)
     p = fpn_graph(c2, c3, c4, c5, config.TOP_DOWN_PYRAMID_SIZE)
-    return p, p[:4]
+    return p, p[:4], c5
 
 
 def _rpn(config: Config, rpn_maps: list) -> tuple:
@@ -71,7 +79,9 @@ def build_graph(mode: str, config: Config) -> tuple[list, list]:
     h, w, c = (int(v) for v in config.IMAGE_SHAPE)
     input_image = KL.Input(shape=[h, w, c], name="input_image")
     input_image_meta = KL.Input(shape=[config.IMAGE_META_SIZE], name="input_image_meta")
-    rpn_maps, head_maps = _pyramid(config, input_image)
+    rpn_maps, head_maps, c5 = _pyramid(config, input_image)
+    image_logits, image_probs = (image_class_graph(c5, config.IMAGE_CLASSES)
+                                 if config.IMAGE_CLASSES else (None, None))
     rpn_class_logits, rpn_class, rpn_bbox = _rpn(config, rpn_maps)
     anchors = AnchorsLayer(config.RPN_ANCHOR_SCALES, config.RPN_ANCHOR_RATIOS,
                            config.BACKBONE_SHAPES, config.BACKBONE_STRIDES,
@@ -96,8 +106,10 @@ def build_graph(mode: str, config: Config) -> tuple[list, list]:
         mrcnn_mask = build_fpn_mask_graph(
             SliceBoxes(name="detection_boxes")(detections), pool_size=config.MASK_POOL_SIZE,
             num_rois=config.DETECTION_MAX_INSTANCES, **heads)
-        return ([input_image, input_image_meta],
-                [detections, mrcnn_class, mrcnn_bbox, mrcnn_mask, rpn_rois, rpn_class, rpn_bbox])
+        outputs = [detections, mrcnn_class, mrcnn_bbox, mrcnn_mask, rpn_rois, rpn_class, rpn_bbox]
+        if image_probs is not None:
+            outputs.append(image_probs)
+        return [input_image, input_image_meta], outputs
 
     from kit.mrcnn import losses as L
 
@@ -112,6 +124,8 @@ def build_graph(mode: str, config: Config) -> tuple[list, list]:
               KL.Input([*mask_shape, config.MAX_GT_INSTANCES], name="input_gt_masks",
                        dtype="bool")]
     _, _, input_rpn_match, input_rpn_bbox, gt_class_ids, gt_boxes, gt_masks = inputs
+    if config.IMAGE_CLASSES:
+        inputs.append(KL.Input([], name=IMAGE_CLASS_INPUT, dtype="int32"))
     active_class_ids = ParseImageMeta("active_class_ids", name="active_class_ids")(
         input_image_meta)
     gt_boxes = NormBoxes(h, w, name="norm_gt_boxes")(gt_boxes)
@@ -119,7 +133,8 @@ def build_graph(mode: str, config: Config) -> tuple[list, list]:
                        if config.TRAIN_ON_EMPTY_IMAGES else 0)
     rois, target_class_ids, target_bbox, target_mask = DetectionTargetLayer(
         config.TRAIN_ROIS_PER_IMAGE, config.ROI_POSITIVE_RATIO, config.BBOX_STD_DEV,
-        config.MASK_SHAPE, config.USE_MINI_MASK, empty_negatives, name="proposal_targets")(
+        config.MASK_SHAPE, config.USE_MINI_MASK, empty_negatives,
+        proposals_with_gt=config.PROPOSALS_WITH_GT, seed=config.SEED, name="proposal_targets")(
         [rpn_rois, gt_class_ids, gt_boxes, gt_masks])
     logits, mrcnn_class, mrcnn_bbox = fpn_classifier_graph(
         rois, pool_size=config.POOL_SIZE, num_rois=config.TRAIN_ROIS_PER_IMAGE,
@@ -142,7 +157,11 @@ def build_graph(mode: str, config: Config) -> tuple[list, list]:
         L.MrcnnBboxLoss(name="mrcnn_bbox_loss")([target_bbox, target_class_ids, mrcnn_bbox]),
         L.MrcnnMaskLossRows(name="mrcnn_mask_loss")([target_mask, mask_class_ids, mrcnn_mask])]
     outputs = [rpn_class_logits, rpn_class, rpn_bbox, logits, mrcnn_class, mrcnn_bbox,
-               mrcnn_mask, rpn_rois, rois, *losses]
+               mrcnn_mask, rpn_rois, rois]
+    if config.IMAGE_CLASSES:
+        losses.append(L.ImageClassLoss(name=IMAGE_CLASS_LOSS)([inputs[-1], image_logits]))
+        outputs.append(image_logits)
+    outputs += losses   # last, in config.TRAINING_LOSS_WEIGHTS order
     return inputs, outputs
 
 
@@ -185,16 +204,16 @@ class MaskRCNN:
     def _build(self, mode: str, config: Config) -> None:
         inputs, outputs = build_graph(mode, config)
         if mode == "training":
-            from kit.mrcnn.losses import LOSS_NAMES
             from kit.mrcnn.training import TrainingModel
 
+            weights = config.TRAINING_LOSS_WEIGHTS
             self.keras_model = TrainingModel(
-                inputs=inputs, outputs=outputs, loss_names=LOSS_NAMES,
-                loss_weights=config.LOSS_WEIGHTS, weight_decay=config.WEIGHT_DECAY,
-                name="mask_rcnn")
+                inputs=inputs, outputs=outputs, loss_names=tuple(weights),
+                loss_weights=weights, weight_decay=config.WEIGHT_DECAY, name="mask_rcnn")
         else:
             self.keras_model = keras.Model(inputs, outputs, name="mask_rcnn")
-            self._box_model = keras.Model(inputs, outputs[0], name="mask_rcnn_boxes")
+            box_outputs = [outputs[0]] + outputs[7:]     # detections (+ kit_image_probs)
+            self._box_model = keras.Model(inputs, box_outputs, name="mask_rcnn_boxes")
             self._run_full = tf.function(lambda x: self.keras_model(x, training=False))
             self._run_boxes = tf.function(lambda x: self._box_model(x, training=False))
 
@@ -283,6 +302,8 @@ class MaskRCNN:
         Returns one dict per image: ``rois`` int32 (N, 4) y1x1y2x2 in ORIGINAL image pixels,
         ``class_ids`` int32 (N,), ``scores`` float32 (N,), ``masks`` bool (H, W, N) of the
         original image, or None when ``masks=False`` (the mask head is then not run at all).
+        With config.IMAGE_CLASSES > 0 also ``image_probs`` float32 (IMAGE_CLASSES,): the image
+        classifier's softmax (sums to 1; absent otherwise).
         """
         if self.mode != "inference":
             raise ValueError("detect() needs a model built with mode='inference'")
@@ -304,12 +325,18 @@ class MaskRCNN:
             inputs = [tf.constant(molded), tf.constant(metas)]
             if masks:
                 out = self._run_full(inputs)
-                detections, mrcnn_mask = out[0].numpy(), out[3].numpy()
+                detections, mrcnn_mask, extra = out[0].numpy(), out[3].numpy(), out[7:]
             else:
-                detections, mrcnn_mask = self._run_boxes(inputs).numpy(), None
+                out = self._run_boxes(inputs)       # one output comes back bare
+                out = list(out) if isinstance(out, (list, tuple)) else [out]
+                detections, mrcnn_mask, extra = out[0].numpy(), None, out[1:]
+            probs = extra[0].numpy().astype(np.float32) if extra else None
             for i, image in enumerate(chunk):
-                results.append(utils.unmold_detections(
+                result = utils.unmold_detections(
                     detections[i], None if mrcnn_mask is None else mrcnn_mask[i],
-                    image.shape, shape, windows[i]))
+                    image.shape, shape, windows[i])
+                if probs is not None:
+                    result["image_probs"] = probs[i]
+                results.append(result)
         return results
 

@@ -1,7 +1,8 @@
 """Training Mask R-CNN: the Keras training model, layer groups, callbacks and ``train()``.
 
-``TrainingModel`` is the functional training graph (built by model.py) whose last five outputs are
-the loss tensors of kit.mrcnn.losses. Its ``compute_loss`` sums LOSS_WEIGHTS x losses plus L2
+``TrainingModel`` is the functional training graph (built by model.py) whose last outputs are
+the loss tensors of kit.mrcnn.losses (config.TRAINING_LOSS_WEIGHTS: Matterport's five, plus
+kit_image_class_loss with the image head). Its ``compute_loss`` sums LOSS_WEIGHTS x losses plus L2
 weight decay and tracks each loss so ``fit`` history and logs show rpn_class_loss ... and val_*.
 
 ``train(model, ...)`` is what ``MaskRCNN.train`` delegates to, with Matterport's semantics:
@@ -10,6 +11,10 @@ epoch; set by loading one of our checkpoints), every finished epoch is checkpoin
 ``mask_rcnn_<name>_<epoch:04d>.h5`` in the legacy layout and appended to ``log_dir/history.csv``.
 A process killed mid-epoch loses at most that epoch: ``load_weights(find_last())`` then ``train``
 continues with the next one.
+
+Seeds (the kit's, Matterport had none): the data generators take config.SEED (None: one drawn
+from NumPy's global RNG) and the absolute epoch, so a seeded run sees the same batches whatever
+the worker count or timing; the layer groups also train the kit's own ``kit_*`` layers.
 """
 from __future__ import annotations
 
@@ -21,12 +26,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import keras
+import numpy as np
 
 from kit.io import atomic_open
 from kit.mrcnn.data import Augmentation, DataGenerator
+from kit.mrcnn.config import IMAGE_CLASS_LOSS
 from kit.mrcnn.losses import LOSS_NAMES
 
-_HEADS = r"(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)"
+_HEADS = r"(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)|(kit\_.*)"   # kit_*: the kit's own heads
 LAYER_GROUPS = {
     "heads": _HEADS,
     "3+": r"(res3.*)|(bn3.*)|(res4.*)|(bn4.*)|(res5.*)|(bn5.*)|" + _HEADS,
@@ -164,7 +171,7 @@ class TerminateOnNaN(keras.callbacks.Callback):
         loss = float(logs.get("loss", 0.0))
         if math.isfinite(loss):
             return
-        bad = [k for k in LOSS_NAMES if k in logs and not math.isfinite(float(logs[k]))]
+        bad = [k for k in (*LOSS_NAMES, IMAGE_CLASS_LOSS) if k in logs and not math.isfinite(float(logs[k]))]
         raise FloatingPointError(
             f"training loss is {loss} at epoch {self.epoch + 1}, batch {batch + 1} (non-finite: "
             f"{', '.join(bad) or 'weight decay'}); this epoch is not checkpointed. Lower the "
@@ -220,11 +227,13 @@ def train(model: Any, train_dataset: Any, val_dataset: Any | None, learning_rate
     if clash:
         raise FileExistsError(f"{clash[0]}: checkpoint of an epoch to be trained exists; resume "
                               "with load_weights(find_last()) or use a new model_dir")
+    seed = config.SEED if config.SEED is not None else int(np.random.randint(2 ** 31 - 1))
     train_gen = DataGenerator(train_dataset, config, shuffle=True, augmentation=augmentation,
-                              workers=workers, steps=config.STEPS_PER_EPOCH, seed=model.epoch)
+                              workers=workers, steps=config.STEPS_PER_EPOCH, seed=seed,
+                              epoch=model.epoch)
     val_gen = None if val_dataset is None else DataGenerator(
         val_dataset, config, shuffle=True, workers=workers, steps=config.VALIDATION_STEPS,
-        seed=model.epoch)
+        seed=seed + 1, epoch=model.epoch)
     Path(model.log_dir).mkdir(parents=True, exist_ok=True)
     # custom callbacks run first, so what they add to an epoch's logs (e.g. a metric) is in
     # history.csv; the checkpoint is written after them

@@ -37,6 +37,7 @@ IMAGENET_MD5 = {"resnet50": "4d473c1dd8becc155b73f8504c6f6626",
                 "resnet101": "88cf7a10940856eca736dc7b7e228a21"}
 WEIGHTS_DIR = paths.DATA / "weights"
 _ATTR_LIMIT = 64512   # HDF5 object header limit: longer attributes are chunked (Keras 2 rule)
+KIT_PREFIX = "kit_"   # the kit's own layers (never in a Matterport file)
 
 
 # ----------------------------------------------------------------------------- file layout
@@ -88,14 +89,17 @@ def load_weights(keras_model: keras.Model, path: str | os.PathLike, by_name: boo
     A layer whose weight count or shapes differ is skipped whole and listed.
     Report keys: loaded, excluded, missing_in_model (file layers with no model layer),
     missing_in_file (model layers with weights the file lacks), shape_mismatch
-    (``"layer: weight file-shape != model-shape"``).
+    (``"layer: weight file-shape != model-shape"``), new_in_model (the kit's own ``kit_*``
+    layers the file lacks, e.g. the image head vs. a Matterport file: expected, not a warning,
+    and kept out of missing_in_file so a Matterport file reports the same with or without them).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist")
     exclude = set(exclude or ())
     report: dict[str, list] = {k: [] for k in ("loaded", "excluded", "missing_in_model",
-                                               "missing_in_file", "shape_mismatch")}
+                                               "missing_in_file", "shape_mismatch",
+                                               "new_in_model")}
     model_layers = {layer.name: layer for layer in _weighted_layers(keras_model)}
     with h5py.File(path, "r") as f:
         root = f["model_weights"] if "model_weights" in f else f
@@ -134,7 +138,9 @@ def load_weights(keras_model: keras.Model, path: str | os.PathLike, by_name: boo
             for value, (_, var) in zip(values, targets):
                 var.assign(value)
             report["loaded"].append(layer.name)
-    report["missing_in_file"] = [n for n in model_layers if n not in seen]
+    unseen = [n for n in model_layers if n not in seen]
+    report["missing_in_file"] = [n for n in unseen if not n.startswith(KIT_PREFIX)]
+    report["new_in_model"] = [n for n in unseen if n.startswith(KIT_PREFIX)]
     _log_report(path, report)
     return report
 
@@ -151,6 +157,9 @@ def _mismatch(values: list[np.ndarray], targets: list) -> str | None:
 def _log_report(path: Path, report: dict[str, list]) -> None:
     log.info("weights %s: %d layers loaded, %d excluded", path.name, len(report["loaded"]),
              len(report["excluded"]))
+    if report["new_in_model"]:
+        log.info("weights %s: the kit's own layers keep their initial weights: %s", path.name,
+                 ", ".join(report["new_in_model"]))
     for key in ("missing_in_model", "shape_mismatch", "missing_in_file"):
         if report[key]:
             names = report[key]
