@@ -68,8 +68,12 @@ class EpochMetric(keras.callbacks.Callback):
     ``detect_s`` the measured detect time per image (one pass)."""
 
     def __init__(self, train_model, infer_model, ids: Sequence[str], load_image,
-                 gt: dict[str, np.ndarray], side: int, run: Path):
+                 gt: dict[str, np.ndarray], side: int, run: Path,
+                 probe_ids: Sequence[str] = ()):
+        """``ids``: the val images scored each epoch (none: val_map is skipped);
+        ``probe_ids``: images to time detect on when there is no val image."""
         super().__init__()
+        self.probe_ids = list(probe_ids)
         self.train_model, self.infer_model = train_model, infer_model
         self.ids, self.load_image, self.side = list(ids), load_image, side
         self.gt = {pid: gt.get(pid, np.zeros((0, 4))) for pid in self.ids}
@@ -85,7 +89,8 @@ class EpochMetric(keras.callbacks.Callback):
         from kit.predict import detect_raw
 
         n = self.infer_model.config.BATCH_SIZE
-        ids = [self.ids[i % len(self.ids)] for i in range(n)]
+        pool = self.ids or self.probe_ids
+        ids = [pool[i % len(pool)] for i in range(n)]
         images = [self.load_image(pid) for pid in ids]
         detect_raw(self.infer_model, images, ids, self.side, tta="none")
         start = time.perf_counter()
@@ -97,6 +102,8 @@ class EpochMetric(keras.callbacks.Callback):
         from kit.mrcnn.weights import save_weights
         from kit.predict import detect_raw
 
+        if not self.ids:
+            return
         start = time.perf_counter()
         copy_weights(self.train_model.keras_model, self.infer_model.keras_model)
         images = [self.load_image(pid) for pid in self.ids]

@@ -32,7 +32,8 @@ def split_patients(labels_df: pd.DataFrame, n_val: int = 1500,
                    seed: int = 0) -> tuple[list[str], list[str]]:
     """(train_ids, val_ids), each in label-file order; no patientId is in both.
 
-    When ``n_val`` is at least half the images, 20% (rounded) go to val instead. Each stratum
+    When ``n_val`` is at least half the images, 20% (rounded, at least 1 of 2 or more) go to
+    val instead. Each stratum
     gives val its proportional share (largest remainder, so within 1 image of exact); which
     images is a seeded draw, so the same labels and seed give the same split.
     """
@@ -40,8 +41,8 @@ def split_patients(labels_df: pd.DataFrame, n_val: int = 1500,
     n = len(strata)
     if n_val < 0:
         raise KitError(f"--n-val must be >= 0, got {n_val}")
-    if n_val >= n / 2:
-        n_val = round(0.2 * n)
+    if n_val >= n / 2:     # at least one val image whenever one is asked for and two exist
+        n_val = max(round(0.2 * n), 1 if n_val and n > 1 else 0)
     sizes = np.array([(strata == s).sum() for s in STRATA])
     exact = n_val * sizes / max(n, 1)
     share = np.floor(exact).astype(int)

@@ -175,7 +175,8 @@ def train(preset: str | None = None, data_dir: Path | None = None,
     t_build = time.time()
     infer = MaskRCNN(mode="inference", config=cfg.mrcnn_config(), model_dir=str(run))
     metric = EpochMetric(model, infer, subset_ids(val_ids, cfg.val_map_images, cfg.seed),
-                         lambda pid: as_rgb(cache.load(pid)), boxes, cache.size, run)
+                         lambda pid: as_rgb(cache.load(pid)), boxes, cache.size, run,
+                         probe_ids=train_ids)
     metric.measure()
     build_s = time.time() - t_build
     n_predict = len(val_ids) + len(cache.ids("test"))

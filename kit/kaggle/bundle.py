@@ -34,6 +34,7 @@ def _unpack_kit():
     if _hashlib.sha256(data).hexdigest() != KIT_BUNDLE_SHA256:
         raise SystemExit("the embedded kit bundle is corrupt: rebuild with python -m kit kernels build")
     parent = _os.environ.get("KIT_TMP") or _tempfile.gettempdir()
+    _os.makedirs(parent, exist_ok=True)
     root = _os.path.join(parent, "rsna-kit-" + KIT_BUNDLE_SHA256[:16])
     if not _os.path.isfile(_os.path.join(root, ".complete")):
         tmp = _tempfile.mkdtemp(prefix=".rsna-kit-", dir=parent)
