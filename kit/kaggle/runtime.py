@@ -193,7 +193,9 @@ def main(steps: Callable[[KernelPaths], list[list[str]]],
     from kit import cli
 
     from kit.budget import Budget, format_duration
-    from kit.log import say
+    from kit.log import quiet_native_logs, say
+
+    quiet_native_logs()        # a kernel log is a file: no C++ warning flood
 
     try:
         k = parse_args(argv)
