@@ -315,9 +315,12 @@ from kit.mrcnn.model import MaskRCNN
 from test_mrcnn_training import _boxes_dataset, _model_config
 
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-config = _model_config(GPU_COUNT=2, IMAGES_PER_GPU=1, STEPS_PER_EPOCH=1)
+config = _model_config(GPU_COUNT=2, IMAGES_PER_GPU=1, STEPS_PER_EPOCH=1, SEED=3,
+                       IMAGE_CLASSES=3, PROPOSALS_WITH_GT=True)   # the kit's additions too
 model = MaskRCNN("training", config, sys.argv[1], strategy=strategy)
 ds = _boxes_dataset([[(10, 10, 40, 30)], [], [(30, 8, 60, 40)]])
+for i, cls in enumerate([0, 2, -1]):
+    ds.image_info[i]["image_class"] = cls
 h = model.train(ds, ds, 0.02, 1, "heads").history
 print(json.dumps({"replicas": model.strategy.num_replicas_in_sync,
                   "history": {k: v[0] for k, v in h.items()}}))
@@ -330,7 +333,8 @@ def test_mirrored_strategy_on_two_logical_cpus_runs_a_step(mrcnn, tmp_path):
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["replicas"] == 2
     assert all(np.isfinite(v) for v in out["history"].values())
-    assert {"rpn_class_loss", "val_mrcnn_mask_loss"} <= set(out["history"])
+    assert {"rpn_class_loss", "val_mrcnn_mask_loss", "kit_image_class_loss",
+            "val_kit_image_class_loss"} <= set(out["history"])
 
 
 def _calibrate_frozen_bn(model, ds) -> None:
