@@ -30,13 +30,23 @@ SUB ?=
 LABELS ?=
 NAME ?= full
 MSG ?= rsna-kit submission
+BUDGET ?=
+SET ?=
+SUFFIX ?=
+CONTINUE ?=
+RUNS ?=
+ENSEMBLE ?= ensemble
 PRESET_ARG := $(if $(PRESET),--preset $(PRESET))
 DATA_ARG := $(if $(DATA),--data $(DATA))
 LABELS_ARG := $(if $(LABELS),--labels $(LABELS))
+BUDGET_ARG := $(if $(BUDGET),--time-budget $(BUDGET))
+SET_ARG := $(foreach item,$(SET),--set $(item))
+KERNEL_ARGS := $(PRESET_ARG) $(SET_ARG) $(BUDGET_ARG) $(if $(SUFFIX),--suffix $(SUFFIX)) \
+	$(if $(filter 1,$(CONTINUE)),--continue)
 
 .PHONY: help setup test submission data demo-data labels prepare train predict tune submit \
         validate score leaderboard report kernels kernels-push kernels-status kernels-output \
-        kaggle-scores kaggle-env bench bench-peers clean
+        kaggle-scores kaggle-env bench bench-peers clean ensemble
 
 help: ## list the targets with what each does
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/' | expand -t 16
@@ -69,8 +79,8 @@ setup: $(STAMP) ## create .venv from requirements.txt (every target does this on
 test: $(STAMP) ## run the test suite
 	$(PY) -m pytest -q
 
-submission: $(STAMP) ## whole flow on data/rsna, else on the embedded demo data (PRESET=...)
-	$(PY) -m kit submission $(PRESET_ARG) $(DATA_ARG)
+submission: $(STAMP) ## whole flow on data/rsna, else on the embedded demo data (PRESET= SET= BUDGET=45m)
+	$(PY) -m kit submission $(PRESET_ARG) $(SET_ARG) $(DATA_ARG) $(BUDGET_ARG)
 
 data: $(STAMP) ## download + safely unzip the Kaggle data into data/rsna (needs credentials)
 	$(PY) -m kit data
@@ -84,8 +94,8 @@ labels: $(STAMP) ## validate the label CSVs and print counts (DATA=...)
 prepare: $(STAMP) ## decode + resize DICOMs into data/cache (DATA=...)
 	$(PY) -m kit prepare $(DATA_ARG)
 
-train: $(STAMP) ## train a preset (PRESET=r50-heads ...)
-	$(PY) -m kit train $(PRESET_ARG) $(DATA_ARG)
+train: $(STAMP) ## train a preset (PRESET=r50-heads SET="seed=1 folds=5 fold=0" BUDGET=...)
+	$(PY) -m kit train $(PRESET_ARG) $(SET_ARG) $(DATA_ARG) $(BUDGET_ARG)
 
 predict: $(STAMP) ## raw detections of RUN for val and test (flip TTA)
 	$(PY) -m kit predict --run $(RUN) --split all --tta flip
@@ -111,14 +121,17 @@ report: $(STAMP) ## pictures + results table of RUN
 kernels: $(STAMP) ## build the Kaggle kernels into kernels/build/
 	$(PY) -m kit kernels build
 
-kernels-push: $(STAMP) ## build and push kernel NAME (default full) to Kaggle
-	$(PY) -m kit kernels push $(NAME)
+kernels-push: $(STAMP) ## push kernel NAME (PRESET= SET= BUDGET= SUFFIX=fold2 CONTINUE=1)
+	$(PY) -m kit kernels push $(NAME) $(KERNEL_ARGS)
 
 kernels-status: $(STAMP) ## status of kernel NAME on Kaggle
 	$(PY) -m kit kernels status $(NAME)
 
 kernels-output: $(STAMP) ## download kernel NAME's outputs into runs/
 	$(PY) -m kit kernels output $(NAME)
+
+ensemble: $(STAMP) ## fuse RUNS="A B C" (folds or seeds) into the run folder runs/ENSEMBLE
+	$(PY) -m kit ensemble --runs $(RUNS) --name $(ENSEMBLE)
 
 kaggle-scores: $(STAMP) ## public/private scores of our Kaggle submissions
 	$(PY) -m kit kaggle-scores
