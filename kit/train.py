@@ -164,6 +164,8 @@ def train(preset: str | None = None, data_dir: Path | None = None,
     if not cfg.validation_steps:
         mcfg.VALIDATION_STEPS = max(1, len(val_ids) // mcfg.BATCH_SIZE)
     keras.utils.set_random_seed(cfg.seed)       # weight init; data order etc. follow mcfg.SEED
+    if not gpus:   # same seed, same history on a CPU (no measurable cost); on a GPU TensorFlow
+        tf.config.experimental.enable_op_determinism()   # has no deterministic CropAndResize grad
     model = MaskRCNN(mode="training", config=mcfg, model_dir=str(run))
     checkpoint = _last_checkpoint(model) if resume else None
     if checkpoint:
