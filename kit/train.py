@@ -205,9 +205,10 @@ def train(preset: str | None = None, data_dir: Path | None = None,
         if budget and meter.step_s is not None and B.should_stop(
                 budget.left() - meter.trace_s, meter.costs()):   # a new fit traces first
             meter.stopped_at = 0
-            say(f"time budget: not starting epoch {model.epoch + 1} ({B.format_duration("
-                f"budget.left())} left; tracing the graph again takes "
-                f"{meter.trace_s:.0f} s, the reserve {B.format_duration(B.reserve_s(meter.costs()))})")
+            left, reserve = B.format_duration(budget.left()), B.reserve_s(meter.costs())
+            say(f"time budget: not starting epoch {model.epoch + 1} ({left} left; tracing the "
+                f"graph again takes {meter.trace_s:.0f} s, the reserve is "
+                f"{B.format_duration(reserve)})")
             break
         if meter.epoch_limit is not None:
             mcfg.STEPS_PER_EPOCH = meter.epoch_limit
