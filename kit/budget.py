@@ -30,6 +30,15 @@ _UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)([hms])")
 
 
+def add_budget_arg(p) -> None:
+    """``--time-budget DURATION`` on a command's argparse parser."""
+    p.add_argument("--time-budget", metavar="DURATION", default=None,
+                   help="wall-clock budget of the whole flow, e.g. 90s, 45m, 8h15m (default: "
+                        f"${BUDGET_ENV}, else none): training leaves predict, tune, submit and "
+                        "report their time, shortening epochs or stopping at a checkpoint "
+                        "(see kit/budget.py)")
+
+
 def parse_duration(text: str | float | int) -> float:
     """Seconds in ``90s``, ``45m``, ``8h15m``, ``1h30m20s``, ``2.5h`` or a plain number of seconds."""
     if isinstance(text, (int, float)):

@@ -13,9 +13,11 @@ import time
 from pathlib import Path
 
 from kit import paths
+from kit.budget import add_budget_arg
 from kit.config import PRESETS, RunConfig, get_preset
 from kit.errors import KitError
 from kit.log import say
+from kit.preflight import add_preflight_args
 from kit.runs import TRAIN_STATE, trained_epochs
 
 
@@ -35,15 +37,8 @@ def add_submission_args(p: argparse.ArgumentParser) -> None:
                    help="also copy the final submission here (e.g. /kaggle/working/submission.csv)")
     p.add_argument("--new", action="store_true",
                    help="start a new run even if an unfinished one with this config exists")
-    p.add_argument("--time-budget", metavar="DURATION", default=None,
-                   help="wall-clock budget of the whole flow, e.g. 90s, 45m, 8h15m (default: "
-                        "$KIT_TIME_BUDGET, else none): training plans to leave predict, tune, "
-                        "submit and report their time (see kit/budget.py)")
-    p.add_argument("--preflight", action="store_true",
-                   help="first run the whole flow on 2 images, 1 step per stage, in a scratch "
-                        "folder, and stop with one error line if anything fails (kernels do)")
-    p.add_argument("--scratch", type=Path, default=None,
-                   help="scratch folder of the preflight (default: the workdir, else runs/)")
+    add_budget_arg(p)
+    add_preflight_args(p, "the workdir, else runs/")
 
 
 def ensure_data(data: Path | None) -> Path:

@@ -31,6 +31,15 @@ SUBSET = "rsna-kit-preflight"
 DATA = f"{SUBSET}-data"      # the subset's data folder (its cache: data/cache/<DATA>-<size>)
 
 
+def add_preflight_args(p, scratch_default: str) -> None:
+    """``--preflight`` and ``--scratch`` on a command's argparse parser."""
+    p.add_argument("--preflight", action="store_true",
+                   help="first run the whole flow on 2 images, 1 step per stage, in a scratch "
+                        "folder; one error line and no training if anything fails (kernels do)")
+    p.add_argument("--scratch", type=Path, default=None,
+                   help=f"scratch folder of the preflight (default: {scratch_default})")
+
+
 def environment(data_dir: Path, folders: dict[str, Path]) -> list[str]:
     """Lines describing the environment: versions, GPUs, the first DICOM's transfer syntax and
     free disk of ``folders`` (name -> folder)."""

@@ -26,8 +26,7 @@ from kit import paths
 from kit.config import RunConfig
 from kit.errors import KitError
 from kit.io import read_csv, write_text
-from kit.plots import (IOUS, history_figure, plot_detections, plot_history,  # noqa: F401
-                       plot_results, plot_roc)
+from kit.plots import IOUS, plot_detections, plot_history, plot_results, plot_roc
 from kit.runs import resolve_run
 
 RESULT_FILES = ("raw_val.csv", "postprocess.json", "val_ids.csv")

@@ -10,18 +10,23 @@ import argparse
 import dataclasses
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from kit import paths
 from kit import budget as B
-from kit.budget import Budget
+from kit.budget import Budget, add_budget_arg
 from kit.config import PRESETS, RunConfig, get_preset
 from kit.errors import KitError
 from kit.io import write_csv, write_json
 from kit.log import say
+from kit.preflight import add_preflight_args
 from kit.runs import BEST_WEIGHTS, TRAIN_STATE, new_run_dir, resolve_run, trained_epochs
 from kit.split import split_patients
+
+if TYPE_CHECKING:
+    from kit.callbacks import BudgetMeter
 
 COCO_HEAD_LAYERS = ["mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_bbox", "mrcnn_mask"]
 
@@ -37,15 +42,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", type=Path, default=None,
                    help="initial weights file (e.g. mask_rcnn_coco.h5) for init=coco")
     p.add_argument("--runs-dir", type=Path, default=paths.RUNS_DIR)
-    p.add_argument("--time-budget", metavar="DURATION", default=None,
-                   help="wall-clock budget of the whole flow, e.g. 90s, 45m, 8h15m (default: "
-                        "$KIT_TIME_BUDGET, else none): training leaves predict/tune/submit/report "
-                        "their time, shortening epochs or stopping at a checkpoint")
-    p.add_argument("--preflight", action="store_true",
-                   help="first run the whole flow on 2 images, 1 step per stage, in a scratch "
-                        "folder; one error line and no training if anything fails")
-    p.add_argument("--scratch", type=Path, default=None,
-                   help="scratch folder of the preflight (default: --runs-dir)")
+    add_budget_arg(p)
+    add_preflight_args(p, "--runs-dir")
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -146,7 +144,7 @@ def train(preset: str | None = None, data_dir: Path | None = None,
     cache, boxes, classes, train_ids, val_ids = load_run_data(cfg, run)
     from kit.callbacks import BudgetMeter, EpochMetric, subset_ids
     from kit.dataset import RSNADataset, as_rgb
-    from kit.mrcnn.data import albumentations_augmentation
+    from kit.mrcnn.augment import albumentations_augmentation
     from kit.mrcnn.model import MaskRCNN
 
     train_ds = RSNADataset(cache.load, cache.size, train_ids, boxes, classes)
@@ -267,7 +265,7 @@ def _finish_history(run: Path, model) -> None:
     if log.is_file() and log.resolve() != (run / "history.csv").resolve():
         write_csv(run / "history.csv", pd.read_csv(log))
     if (run / "history.csv").is_file():
-        from kit.report import plot_history
+        from kit.plots import plot_history
 
         plot_history(pd.read_csv(run / "history.csv"), run / "curves.png")
 

@@ -26,3 +26,20 @@ def in_tmp(tmp_path, monkeypatch) -> Path:
     """Run a test inside an empty temporary working folder (data/, runs/, submissions/ land there)."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+def run_cli_without_tensorflow(calls: list[list[str]], cwd: Path) -> None:
+    """Run ``kit.cli.main(argv)`` for each argv in a fresh process (cwd ``cwd``) and assert that
+    every call succeeds and that TensorFlow / Keras were never imported."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from kit import cli\n"
+            f"for argv in {calls!r}:\n"
+            "    assert cli.main(argv) == 0, argv\n"
+            "bad = [m for m in ('tensorflow', 'keras') if m in sys.modules]\n"
+            "assert not bad, bad\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=cwd, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -1,9 +1,8 @@
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 from kit import cli
+from conftest import run_cli_without_tensorflow
 
 
 def test_help_lists_every_command(capsys):
@@ -48,13 +47,5 @@ def test_table_commands_run_without_tensorflow(tmp_path):
               "--plot", f"{d}/tuning.png"],
              ["validate", "--submission", f"{d}/sub.csv", "--data", d],
              ["leaderboard", "--leaderboard", board]]
-    code = ("import sys; from kit import cli\n"
-            f"for argv in {calls!r}:\n"
-            "    assert cli.main(argv) == 0, argv\n"
-            "bad = [m for m in ('tensorflow', 'keras') if m in sys.modules]\n"
-            "assert not bad, bad\n")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=tmp_path, env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    run_cli_without_tensorflow(calls, tmp_path)
     assert (tmp_path / "pp.json").is_file() and (tmp_path / "board.csv").is_file()

@@ -1,8 +1,5 @@
 import dataclasses
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +15,7 @@ from kit.postprocess import PostProcess, read_image_scores, read_raw
 from kit.runs import IMAGE_COLUMNS, RAW_COLUMNS
 from kit.submission import read_submission
 from kit.synth import make_dataset
+from conftest import run_cli_without_tensorflow
 
 SMALL_GRID = ["--thresholds", "0.1", "0.5", "0.8", "--scales", "1.0", "0.9",
               "--max-boxes", "1", "3", "--image-thresholds", "0.0", "0.5"]
@@ -256,13 +254,5 @@ def test_ensemble_and_downstream_commands_do_not_import_tensorflow(tmp_path, dat
              ["submit", "--run", "ens", "--out", "sub.csv"],
              ["score", "--submission", "runs/ens/raw_val.csv", "--raw", "--labels",
               str(data / paths.TRAIN_LABELS)]]
-    code = ("import sys; from kit import cli\n"
-            f"for argv in {calls!r}:\n"
-            "    assert cli.main(argv) == 0, argv\n"
-            "bad = [m for m in ('tensorflow', 'keras') if m in sys.modules]\n"
-            "assert not bad, bad\n")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=tmp_path, env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    run_cli_without_tensorflow(calls, tmp_path)
     assert (tmp_path / "sub.csv").is_file() and (runs / "ens" / "postprocess.json").is_file()

@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 import keras
 tf.config.experimental.enable_op_determinism()
-from kit.mrcnn.data import albumentations_augmentation
+from kit.mrcnn.augment import albumentations_augmentation
 from kit.mrcnn.model import MaskRCNN
 from test_mrcnn_training import _boxes_dataset, _model_config
 

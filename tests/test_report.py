@@ -14,9 +14,9 @@ from kit.errors import KitError
 from kit.labels import boxes_by_patient, read_labels
 from kit.metric import prf_table, score_dataset
 from kit.postprocess import PostProcess
-from kit.report import (ValResults, history_figure, load_val_results, pick_examples,
-                        plot_detections, plot_history, results_table, trained_layers, val_images,
-                        write_report)
+from kit.plots import history_figure, plot_detections, plot_history
+from kit.report import (ValResults, load_val_results, pick_examples, results_table,
+                        trained_layers, val_images, write_report)
 from kit.runs import RAW_COLUMNS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

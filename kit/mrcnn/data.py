@@ -20,8 +20,8 @@ import keras
 import numpy as np
 
 from kit.mrcnn import utils
-from kit.mrcnn.augment import (Augmentation, albumentations_augmentation,  # noqa: F401 (API)
-                               takes_seed)
+from kit.mrcnn.augment import Augmentation, takes_seed
+
 INPUT_NAMES = ("input_image", "input_image_meta", "input_rpn_match", "input_rpn_bbox",
                "input_gt_class_ids", "input_gt_boxes", "input_gt_masks")
 RANDOM_ROIS_NAME = "input_roi"   # extra input when config.USE_RPN_ROIS is False
