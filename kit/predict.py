@@ -118,12 +118,13 @@ def detect_raw(model, images: list[np.ndarray], ids: list[str], side: int,
         flipped = model.detect([im[:, ::-1] for im in pics], masks=False) if tta == "flip" \
             else [None] * len(chunk)
         for pid, r, f in zip(chunk, found, flipped):
-            rois, scores = np.asarray(r["rois"]), np.asarray(r["scores"], dtype=np.float64)
+            rois = np.asarray(r.get("boxes", r["rois"]), dtype=np.float64)   # unrounded
+            scores = np.asarray(r["scores"], dtype=np.float64)
             passes = [r] if f is None else [r, f]
             if "image_probs" in r:
                 image_rows.append((pid, float(np.mean([p["image_probs"][0] for p in passes]))))
             if f is not None:
-                rois, scores = fuse([rois, unflip(f["rois"], side)],
+                rois, scores = fuse([rois, unflip(f.get("boxes", f["rois"]), side)],
                                     [scores, np.asarray(f["scores"], dtype=np.float64)], side)
             xywh = xyxy_to_raw(rois, side)
             rows.append(pd.DataFrame({"patientId": pid, "score": scores, "x": xywh[:, 0],

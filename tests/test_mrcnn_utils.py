@@ -225,9 +225,18 @@ def test_mold_inputs_and_unmold_detections():
     assert out["rois"].tolist() == [[0, 0, 64, 128]]
     assert out["class_ids"].tolist() == [1] and out["scores"].dtype == np.float32
     assert out["masks"].shape == (64, 128, 1) and out["masks"].all()
+    np.testing.assert_allclose(out["boxes"], [[0, 0, 64, 128]], atol=1e-4)
+    # a box between pixels: rois round it (Matterport), boxes keep it
+    det[0] = [0.25, 0.1, 0.6, 0.7, 1, 0.8]
+    out = utils.unmold_detections(det, None, (128, 128, 3), (128, 128, 3), (0, 0, 128, 128))
+    exact = np.array([0.25 * 127, 0.1 * 127, 0.6 * 127 + 1, 0.7 * 127 + 1])
+    np.testing.assert_allclose(out["boxes"][0], exact, rtol=1e-6)
+    assert out["rois"][0].tolist() == np.around(exact).astype(int).tolist()
+    assert np.abs(out["boxes"][0] - out["rois"][0]).max() > 0.1
     empty = utils.unmold_detections(np.zeros((4, 6), np.float32), None, image.shape,
                                     (128, 128, 3), windows[0])
-    assert empty["rois"].shape == (0, 4) and empty["masks"] is None
+    assert empty["rois"].shape == (0, 4) and empty["boxes"].shape == (0, 4)
+    assert empty["masks"] is None
 
 
 # --------------------------------------------------------------------------------- dataset

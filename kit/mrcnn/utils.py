@@ -178,12 +178,13 @@ def norm_boxes(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return ((np.asarray(boxes, dtype=np.float32) - shift) / scale).astype(np.float32)
 
 
-def denorm_boxes(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Inverse of norm_boxes, rounded to int32 pixels."""
+def denorm_boxes(boxes: np.ndarray, shape: tuple[int, int], rounded: bool = True) -> np.ndarray:
+    """Inverse of norm_boxes: int32 pixels (Matterport's), or float64 with ``rounded=False``."""
     h, w = shape[:2]
-    scale = np.array([h - 1, w - 1, h - 1, w - 1], dtype=np.float32)
-    shift = np.array([0, 0, 1, 1], dtype=np.float32)
-    return np.around(np.asarray(boxes, dtype=np.float32) * scale + shift).astype(np.int32)
+    scale = np.array([h - 1, w - 1, h - 1, w - 1], dtype=np.float64)
+    shift = np.array([0, 0, 1, 1], dtype=np.float64)
+    exact = np.asarray(boxes, dtype=np.float64) * scale + shift
+    return np.around(exact).astype(np.int32) if rounded else exact
 
 
 # ----------------------------------------------------------------------------------- anchors
@@ -390,7 +391,8 @@ def unmold_detections(detections: np.ndarray, mrcnn_mask: np.ndarray | None,
 
     ``detections``: (N, 6) [y1, x1, y2, x2, class_id, score] normalised to the molded image,
     zero-padded rows (class_id 0) are dropped. ``rois`` are int32 y1x1y2x2 ORIGINAL-image
-    pixels, ``scores`` float32, ``class_ids`` int32, ``masks`` bool HxWxN of the original
+    pixels (Matterport's), ``boxes`` the same boxes unrounded (float32: at 128 px one pixel is 8
+    px of the 1024 frame, which rounding costs at IoU 0.75), ``scores`` float32, ``class_ids`` int32, ``masks`` bool HxWxN of the original
     image (or None when ``mrcnn_mask`` is None: box-only callers skip the work).
     """
     keep = np.where(detections[:, 4] > 0)[0]
@@ -399,11 +401,12 @@ def unmold_detections(detections: np.ndarray, mrcnn_mask: np.ndarray | None,
     wy1, wx1, wy2, wx2 = norm_boxes(np.array([window]), image_shape[:2])[0]
     boxes = (det[:, :4] - np.array([wy1, wx1, wy1, wx1])) / np.array(
         [wy2 - wy1, wx2 - wx1, wy2 - wy1, wx2 - wx1])
-    boxes = denorm_boxes(boxes, original_image_shape[:2])
+    exact = denorm_boxes(boxes, original_image_shape[:2], rounded=False)
+    boxes = np.around(exact).astype(np.int32)
     valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-    boxes, det, keep = boxes[valid], det[valid], keep[valid]
+    boxes, exact, det, keep = boxes[valid], exact[valid], det[valid], keep[valid]
     class_ids = det[:, 4].astype(np.int32)
-    out = {"rois": boxes.astype(np.int32), "class_ids": class_ids,
+    out = {"rois": boxes, "boxes": exact.astype(np.float32), "class_ids": class_ids,
            "scores": det[:, 5].astype(np.float32), "masks": None}
     if mrcnn_mask is not None:
         h, w = original_image_shape[:2]
