@@ -127,17 +127,16 @@ def run_preflight(data_dir: Path, preset: str, overrides: list[str], weights: Pa
         make_subset(Path(data_dir), root / DATA)
         cfg = get_preset(preset, overrides)
         step = "flow"
-        from kit.cli import main
+        from kit.cli import build_parser
 
-        argv = ["submission", "--data", str(root / DATA), "--preset", preset,
+        argv = ["--data", str(root / DATA), "--preset", preset,
                 "--workdir", str(root), "--new",
                 *[a for o in [*overrides, *quick_overrides(cfg)] for a in ("--set", o)]]
         if weights:
             argv += ["--weights", str(weights)]
         say("preflight: the whole flow on 2 train + 2 test images, 1 step per stage")
-        code = main(argv)
-        if code:
-            raise KitError(f"the flow on 2 images failed (exit {code}; its error is above)")
+        args = build_parser("submission").parse_args(argv)
+        args._run(args)              # errors propagate: reported below as one line
     except Exception as exc:  # noqa: BLE001  (any failure: one line, traceback to a file)
         trace = Path(working) / "preflight-error.txt"
         write_text(trace, traceback.format_exc())

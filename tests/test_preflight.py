@@ -53,6 +53,19 @@ def test_failed_preflight_is_one_line_and_trains_nothing(demo, monkeypatch, caps
     assert not (Path("work") / preflight.SUBSET).exists()
 
 
+def test_a_failing_flow_is_one_line_naming_the_cause(demo, capsys):
+    for dcm in (demo / paths.TEST_IMAGES).glob("*.dcm"):     # unreadable test images
+        dcm.write_bytes(b"not a dicom")
+    code = cli.main(["submission", "--preset", "tiny", "--preflight", "--workdir", "work"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    # prepare lists each unreadable file first; the command ends with ONE summary line
+    assert sum(line.startswith("error: preflight failed") for line in err) == 1
+    assert err[-1].startswith("error: preflight failed at flow: KitError:")
+    assert "test image(s) unreadable" in err[-1] and "preflight-error.txt" in err[-1]
+    assert not Path("work/runs").exists() and not (Path("work") / preflight.SUBSET).exists()
+
+
 @pytest.mark.slow
 def test_preflight_then_the_flow(demo, capsys):
     code = cli.main(["submission", "--preset", "tiny", "--preflight", "--workdir", "work"])
