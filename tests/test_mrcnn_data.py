@@ -8,6 +8,7 @@ pytest.importorskip("keras")
 
 from kit.mrcnn import data as D  # noqa: E402
 from kit.mrcnn import utils  # noqa: E402
+from kit.mrcnn.augment import albumentations_augmentation  # noqa: E402
 from kit.mrcnn.config import Config  # noqa: E402
 
 
@@ -191,11 +192,11 @@ def test_albumentations_adapter_keeps_boxes_and_masks_consistent():
     config = TinyConfig()
     config.USE_MINI_MASK = False
     ds = BoxDataset([[(10, 6, 30, 20)]])
-    flip = D.albumentations_augmentation(flip=1.0, affine=0.0, brightness_contrast=0.0, blur=0.0)
+    flip = albumentations_augmentation(flip=1.0, affine=0.0, brightness_contrast=0.0, blur=0.0)
     image, _, _, bbox, mask = D.load_image_gt(ds, config, 0, flip)
     assert bbox.tolist() == [[10, 44, 30, 58]]
     assert np.array_equal(image[..., 0] == 200, mask[..., 0])
-    moved = D.albumentations_augmentation(flip=0.5, affine=1.0, brightness_contrast=0.0,
+    moved = albumentations_augmentation(flip=0.5, affine=1.0, brightness_contrast=0.0,
                                           blur=0.0, rotate=0.0)
     for _ in range(3):
         image, _, _, bbox, mask = D.load_image_gt(ds, config, 0, moved)
@@ -203,7 +204,7 @@ def test_albumentations_adapter_keeps_boxes_and_masks_consistent():
         assert np.mean(bright == mask[..., 0]) > 0.99   # pixels and mask moved together
         y1, x1, y2, x2 = bbox[0]
         assert mask[y1:y2, x1:x2, 0].mean() > 0.9
-    full = D.albumentations_augmentation(flip=1.0, affine=1.0, brightness_contrast=1.0, blur=1.0)
+    full = albumentations_augmentation(flip=1.0, affine=1.0, brightness_contrast=1.0, blur=1.0)
     empty = np.zeros((64, 64, 0), bool)
     out_image, out_masks = full(ds.load_image(0), empty)
     assert out_image.shape == (64, 64, 3) and out_masks.shape == (64, 64, 0)
@@ -264,7 +265,7 @@ def test_generator_batches_depend_on_seed_epoch_and_index_only_even_with_threads
     ds = BoxDataset([[(8, 8, 30, 40)], [], [(20, 4, 50, 30)], [(2, 2, 20, 20), (30, 30, 60, 60)],
                      [], [(10, 30, 40, 60)]])
 
-    def gen(seed, epoch=0, augmentation=D.albumentations_augmentation()):
+    def gen(seed, epoch=0, augmentation=albumentations_augmentation()):
         return D.DataGenerator(ds, config, augmentation=augmentation, seed=seed, epoch=epoch,
                                workers=2)
 
@@ -290,7 +291,7 @@ def test_albumentations_output_is_a_function_of_the_seed_across_threads():
 
     ds = BoxDataset([[(10, 6, 30, 20)]])
     image, (masks, _) = ds.load_image(0), ds.load_mask(0)
-    aug = D.albumentations_augmentation(flip=0.5, affine=1.0, brightness_contrast=1.0, blur=0.5)
+    aug = albumentations_augmentation(flip=0.5, affine=1.0, brightness_contrast=1.0, blur=0.5)
     want = [aug(image, masks, seed=s) for s in range(8)]
     assert not all(np.array_equal(want[0][0], w[0]) for w in want[1:])
     with ThreadPoolExecutor(4) as pool:
@@ -299,7 +300,7 @@ def test_albumentations_output_is_a_function_of_the_seed_across_threads():
         assert np.array_equal(im, want[s % 8][0]) and np.array_equal(m, want[s % 8][1])
     # one generator shared by the transforms: flip and brightness fire independently
     # (Compose.set_random_seed would give both the same stream: always together)
-    two = D.albumentations_augmentation(flip=0.5, affine=0.0, brightness_contrast=0.5, blur=0.0)
+    two = albumentations_augmentation(flip=0.5, affine=0.0, brightness_contrast=0.5, blur=0.0)
     flipped, changed = [], []
     for s in range(40):
         im, m = two(image, masks, seed=s)
@@ -329,7 +330,7 @@ def test_custom_augmentation_gets_a_seed_only_when_it_takes_one():
     assert seen[2:4] == ["none", "none"]
     assert all(isinstance(s, int) for s in seen[:2] + seen[4:])
     assert seen[:2] == seen[4:] and seen[0] != seen[1]   # per image, same seeds each time
-    assert not D.takes_seed(unseeded) and D.takes_seed(D.albumentations_augmentation())
+    assert not D.takes_seed(unseeded) and D.takes_seed(albumentations_augmentation())
 
 
 def test_generator_image_class_input():

@@ -84,12 +84,17 @@ def build_fpn_mask_graph(rois, feature_maps: list, image_meta, pool_size: int,
 def image_class_graph(c5, num_classes: int, fc_size: int = 256) -> tuple:
     """Image-level classifier on the backbone's last stage C5 [B, h, w, 2048].
 
-    Global average pool -> Dense(fc_size, relu) -> Dense(num_classes). Returns
-    (kit_image_logits [B, K], kit_image_probs [B, K] float32 softmax). Layers: kit_image_pool,
-    kit_image_fc, kit_image_logits, kit_image_probs.
+    [global average pool, global max pool] -> Dense(fc_size, leaky relu) -> Dense(num_classes).
+    The max pool keeps a small local finding from being averaged away; leaky ReLU units cannot
+    all die in an early unstable step (with plain ReLU the demo's head stayed at the class priors,
+    loss ln 3, ROC AUC 0.45). Returns (kit_image_logits [B, K], kit_image_probs [B, K] float32
+    softmax). Layers: kit_image_avg, kit_image_max, kit_image_pool (concat), kit_image_fc,
+    kit_image_logits, kit_image_probs.
     """
-    x = KL.GlobalAveragePooling2D(name="kit_image_pool")(c5)
-    x = KL.Dense(fc_size, activation="relu", name="kit_image_fc")(x)
+    avg = KL.GlobalAveragePooling2D(name="kit_image_avg")(c5)
+    top = KL.GlobalMaxPooling2D(name="kit_image_max")(c5)
+    x = KL.Concatenate(name="kit_image_pool")([avg, top])
+    x = KL.Dense(fc_size, activation="leaky_relu", name="kit_image_fc")(x)
     logits = KL.Dense(num_classes, name="kit_image_logits")(x)
     probs = KL.Activation("softmax", dtype="float32", name="kit_image_probs")(logits)
     return logits, probs

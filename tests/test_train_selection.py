@@ -1,0 +1,63 @@
+"""Training on the tiny preset: same seed -> same losses; val_map in history.csv; predict loads the
+best checkpoint; folds give disjoint val sets."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from kit import cli
+from kit.train import checkpoint_of, train
+
+LOSSES = ["loss", "rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss", "mrcnn_bbox_loss",
+          "mrcnn_mask_loss", "kit_image_class_loss"]
+
+
+@pytest.fixture
+def data(in_tmp):
+    from kit.synth import make_dataset
+
+    make_dataset(Path("data/demo"), n_train=16, n_test=4, size=64, seed=8)
+    return Path("data/demo")
+
+
+@pytest.mark.slow
+def test_same_seed_same_history_and_the_best_checkpoint_is_predicted_from(data, capsys):
+    runs = [train(preset="tiny", data_dir=data, overrides=["seed=3"], runs_dir=Path("runs"))
+            for _ in range(2)]
+    other = train(preset="tiny", data_dir=data, overrides=["seed=4"], runs_dir=Path("runs"))
+    h = [pd.read_csv(run / "history.csv") for run in (*runs, other)]
+    assert h[0].epoch.tolist() == [1, 2] and "val_map" in h[0].columns
+    assert h[0][LOSSES + ["val_map"]].equals(h[1][LOSSES + ["val_map"]])   # bit-identical
+    assert not h[0][LOSSES].equals(h[2][LOSSES])
+    run = runs[0]
+    best = json.loads((run / "best.json").read_text())
+    assert best["val_map"] == h[0].val_map.max()
+    assert best["epoch"] == int(h[0].epoch[h[0].val_map.idxmax()])
+    assert checkpoint_of(run, "best") == run / "best.h5"
+    assert checkpoint_of(run, "last").name.endswith("_0002.h5")
+    state = json.loads((run / "train_state.json").read_text())
+    assert state["complete"] and not state["stopped_by_budget"]
+    capsys.readouterr()
+    assert cli.main(["predict", "--run", str(run), "--split", "val"]) == 0
+    assert f"weights {run / 'best.h5'}" in capsys.readouterr().out
+    images = pd.read_csv(run / "raw_val_images.csv")
+    val_ids = pd.read_csv(run / "val_ids.csv").patientId.astype(str).tolist()
+    assert images.patientId.astype(str).tolist() == val_ids
+    assert images.p_opacity.between(0, 1).all()
+    assert cli.main(["predict", "--run", str(run), "--split", "val", "--checkpoint", "last"]) == 0
+    assert "_0002.h5" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_folds_validate_on_disjoint_images(data):
+    runs = [train(preset="tiny", data_dir=data, overrides=["folds=2", f"fold={k}",
+                  "stages=[{\"layers\": \"heads\", \"epochs\": 1}]"], runs_dir=Path("runs"))
+            for k in (0, 1)]
+    val = [set(pd.read_csv(run / "val_ids.csv").patientId.astype(str)) for run in runs]
+    train_ids = [set(pd.read_csv(run / "train_ids.csv").patientId.astype(str)) for run in runs]
+    assert not val[0] & val[1]
+    assert val[0] | val[1] == train_ids[0] | val[0] == train_ids[1] | val[1]
+    assert train_ids[0] == val[1] and train_ids[1] == val[0]
