@@ -214,7 +214,8 @@ def _snapshot(keras_model) -> dict[str, np.ndarray]:
 
 
 def test_heads_step_leaves_backbone_and_frozen_bn_bit_identical(mrcnn, tmp_path):
-    model = mrcnn.MaskRCNN("training", _model_config(STEPS_PER_EPOCH=1), tmp_path)
+    # seeded: which pyramid levels get sampled anchors/ROIs (so a gradient) depends on the draw
+    model = mrcnn.MaskRCNN("training", _model_config(STEPS_PER_EPOCH=1, SEED=1), tmp_path)
     ds = _boxes_dataset([[(10, 10, 40, 30)], [(30, 8, 60, 40), (4, 40, 20, 60)]])
     before = _snapshot(model.keras_model)
     history = model.train(ds, None, 0.02, 1, "heads", workers=2)     # thread workers
@@ -225,9 +226,10 @@ def test_heads_step_leaves_backbone_and_frozen_bn_bit_identical(mrcnn, tmp_path)
     assert len(frozen) > 200
     changed = [p for p in frozen if not np.array_equal(before[p], after[p])]
     assert changed == []
-    # heads with a gradient on any batch (box/mask heads only learn from positive ROIs)
+    # heads with a gradient on any batch (box/mask heads only learn from positive ROIs; the
+    # output conv of pyramid level 3..5 only when a sampled anchor or ROI lies on that level)
     heads = [p for p in before if re.match(r"(mrcnn_class|rpn_|fpn_)", p.split("/")[-2])
-             and p.endswith("kernel")]
+             and p.endswith("kernel") and not re.match(r"fpn_p[345]/", p)]
     assert {p.split("/")[-2] for p in heads} >= {"fpn_c5p5", "fpn_p2", "rpn_conv_shared",
                                                 "rpn_class_raw", "mrcnn_class_logits"}
     assert [p for p in heads if np.array_equal(before[p], after[p])] == []
