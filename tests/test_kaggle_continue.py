@@ -66,7 +66,8 @@ def test_train_kernel_resumes_its_previous_session(in_tmp, monkeypatch, capsys):
     from kit.synth import make_dataset
 
     for key, value in (("KIT_PRESET", "tiny"), ("KIT_PREFLIGHT", "0"), ("KIT_TIME_BUDGET", "1h"),
-                       ("KIT_TIME_BUDGET_DEADLINE", "0"), ("KIT_SET", "[]")):
+                       ("KIT_TIME_BUDGET_DEADLINE", "0"),
+                       ("KIT_SET", '["keep_checkpoints=0"]')):   # every epoch's checkpoint kept
         monkeypatch.setenv(key, value)                 # restored after the test
     monkeypatch.delenv("KIT_TIME_BUDGET_DEADLINE")
     data = in_tmp / "input" / "competitions" / paths.COMPETITION
