@@ -63,6 +63,7 @@ class RunConfig:
     mini_mask: bool = True
     image_classifier: bool = True           # 3-way image-level head (Lung Opacity / Not Normal / Normal)
     image_class_loss_weight: float = 1.0
+    image_head_refit: int = 2000            # train images the head is refitted on after training (0: off)
     proposals_with_gt: bool = True          # append GT boxes to the proposals (False: Matterport)
     val_map_images: int = 0                 # val images the epoch-end mAP detects on (0: all)
     keep_checkpoints: int = 2               # newest epoch checkpoints kept (0: all, as Matterport)
@@ -172,6 +173,9 @@ class RunConfig:
             raise KitError("a schedule needs at least one stage")
         if self.folds == 1 or self.folds < 0:
             raise KitError(f"folds={self.folds}: use 0 (one train/val split) or 2 or more")
+        if self.image_head_refit < 0:
+            raise KitError(f"image_head_refit={self.image_head_refit}: a number of training "
+                           "images (0 turns the refit off)")
         if self.folds and not 0 <= self.fold < self.folds:
             raise KitError(f"fold={self.fold} must be in 0..{self.folds - 1} for folds={self.folds}")
 

@@ -180,9 +180,11 @@ def train(preset: str | None = None, data_dir: Path | None = None,
     metric.measure()
     build_s = time.time() - t_build
     n_predict = len(val_ids) + len(cache.ids("test"))
+    refit_ids = _refit_ids(cfg, train_ids, classes)
     scheduled = mcfg.STEPS_PER_EPOCH
     meter = BudgetMeter(budget, detect_s=metric.detect_s, build_s=build_s,
-                        predict_images=n_predict, tta_passes=2 if cfg.tta == "flip" else 1,
+                        predict_images=n_predict + len(refit_ids),   # the refit: ~1 detect each
+                        tta_passes=2 if cfg.tta == "flip" else 1,
                         epoch_end_guess_s=metric.detect_s * len(metric.ids),
                         val_steps=mcfg.VALIDATION_STEPS,
                         planner=lambda: _plan(budget, meter, cfg, model.epoch, scheduled))
@@ -190,7 +192,8 @@ def train(preset: str | None = None, data_dir: Path | None = None,
         say(f"time budget {B.format_duration(budget.seconds)}: "
             f"{B.format_duration(budget.left())} left; reserve "
             f"{B.format_duration(B.reserve_s(meter.costs()))} for predict ({n_predict} images, "
-            f"{metric.detect_s:.3f} s/image/pass) + tune/submit/report; after "
+            f"{metric.detect_s:.3f} s/image/pass), the image-head refit ({len(refit_ids)} "
+            f"images) and tune/submit/report; after "
             f"{BudgetMeter.PLAN_AFTER} steps the plan is fixed")
 
     augmentation = albumentations_augmentation() if cfg.augmented else None
@@ -222,17 +225,47 @@ def train(preset: str | None = None, data_dir: Path | None = None,
         if model.epoch <= before:
             raise KitError(f"training did not finish an epoch after epoch {before}", path=run)
     done = trained_epochs(run)
+    refit = _refit_head(run, infer, refit_ids, classes, lambda pid: as_rgb(cache.load(pid)), cfg)
     state = {"epochs_done": done, "epochs_scheduled": cfg.total_epochs,
              "complete": meter.stopped_at is None and done >= cfg.total_epochs,
              "stopped_by_budget": meter.stopped_at is not None,
              "steps_per_epoch": {"scheduled": scheduled, "last": mcfg.STEPS_PER_EPOCH},
-             "step_s": meter.step_s, "seconds": round(time.time() - start, 1)}
+             "step_s": meter.step_s, "seconds": round(time.time() - start, 1),
+             "image_head_refit": refit}
     write_json(run / TRAIN_STATE, state)
     say(f"trained to epoch {done} of {cfg.total_epochs} in {time.time() - start:.0f} s"
         + (" (stopped by the time budget; `--resume` continues)" if state["stopped_by_budget"]
            else ""))
     _finish_history(run, model)
     return run
+
+
+def _refit_ids(cfg: RunConfig, train_ids: list[str], classes: dict[str, int]) -> list[str]:
+    """The training images the image head is refitted on (see kit.image_head); none when the
+    run has no image head, the refit is off or no image has a class."""
+    if not (cfg.image_classifier and cfg.image_head_refit and classes):
+        return []
+    from kit.image_head import pick_ids
+
+    return pick_ids(train_ids, classes, cfg.image_head_refit, cfg.seed)
+
+
+def _refit_head(run: Path, infer, ids: list[str], classes: dict[str, int], load_image,
+                cfg: RunConfig) -> dict | None:
+    """Refit the image head of the checkpoint predict uses (best.h5, else the newest epoch)."""
+    if not ids:
+        return None
+    from kit.image_head import refit_image_head
+
+    t0 = time.time()
+    weights = checkpoint_of(run, "best")
+    info = refit_image_head(infer, weights, ids, classes, load_image, 0, cfg.seed)
+    if info:
+        info.update(checkpoint=weights.name, seconds=round(time.time() - t0, 1))
+        say(f"image head refitted on {info['images']} training images (and their flips) of "
+            f"{weights.name}: loss {info['loss_before']:.3f} -> {info['loss_after']:.3f}, "
+            f"training accuracy {info['train_accuracy']:.3f} [{info['seconds']:.0f} s]")
+    return info
 
 
 def _plan(budget: Budget, meter: BudgetMeter, cfg: RunConfig, done: int, scheduled: int) -> int:

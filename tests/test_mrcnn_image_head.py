@@ -117,7 +117,7 @@ def test_unknown_images_do_not_count_and_the_head_trains(models):
     (batch,) = DataGenerator(_dataset([0, 2]), model.config, shuffle=False)[0]
     losses = [float(km.train_on_batch(batch, return_dict=True)["kit_image_class_loss"])
               for _ in range(6)]
-    assert losses[-1] < 0.5 * losses[0], losses
+    assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < 0.7 * losses[0], losses
     after = {w.path: w.numpy() for w in km.weights}
     changed = {p.split("/")[-2] for p in before if not np.array_equal(before[p], after[p])}
     assert set(KIT_WEIGHTED) <= changed

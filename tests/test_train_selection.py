@@ -40,6 +40,13 @@ def test_same_seed_same_history_and_the_best_checkpoint_is_predicted_from(data, 
     assert checkpoint_of(run, "last").name.endswith("_0002.h5")
     state = json.loads((run / "train_state.json").read_text())
     assert state["complete"] and not state["stopped_by_budget"]
+    refit = state["image_head_refit"]         # the head of best.h5 was refitted, reproducibly
+    assert refit["checkpoint"] == "best.h5"
+    assert refit["images"] == len(pd.read_csv(run / "train_ids.csv"))
+    assert refit["loss_after"] < refit["loss_before"]
+    again = json.loads((runs[1] / "train_state.json").read_text())["image_head_refit"]
+    assert {k: v for k, v in refit.items() if k != "seconds"} == \
+        {k: v for k, v in again.items() if k != "seconds"}
     capsys.readouterr()
     assert cli.main(["predict", "--run", str(run), "--split", "val"]) == 0
     assert f"weights {run / 'best.h5'}" in capsys.readouterr().out

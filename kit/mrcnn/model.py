@@ -6,7 +6,7 @@ anchors are a graph constant. Training losses come from kit.mrcnn.losses and the
 loop from kit.mrcnn.training.
 
 Additions to Matterport (all off by default): config.IMAGE_CLASSES > 0 adds an image-level
-classifier on C5 (layers kit_image_*, training input ``input_image_class``, loss
+classifier on the FPN maps P2..P5 (layers kit_image_*, training input ``input_image_class``, loss
 ``kit_image_class_loss``, inference output ``kit_image_probs``, ``detect()`` key
 ``image_probs``); config.PROPOSALS_WITH_GT adds the GT boxes to the sampled proposals;
 config.SEED seeds the ROI sampling (see kit.mrcnn.targets).
@@ -56,12 +56,12 @@ class SliceBoxes(KL.Layer):
         return (*input_shape[:-1], 4)
 
 
-def _pyramid(config: Config, input_image) -> tuple[list, list, Any]:
-    """Backbone + FPN: (RPN feature maps P2..P6, head feature maps P2..P5, C5)."""
+def _pyramid(config: Config, input_image) -> tuple[list, list]:
+    """Backbone + FPN: (RPN feature maps P2..P6, head feature maps P2..P5)."""
     _, c2, c3, c4, c5 = resnet_graph(input_image, config.BACKBONE, train_bn=config.TRAIN_BN,
                                      bn_momentum=config.BN_MOMENTUM)
     p = fpn_graph(c2, c3, c4, c5, config.TOP_DOWN_PYRAMID_SIZE)
-    return p, p[:4], c5
+    return p, p[:4]
 
 
 def _rpn(config: Config, rpn_maps: list) -> tuple:
@@ -79,8 +79,8 @@ def build_graph(mode: str, config: Config) -> tuple[list, list]:
     h, w, c = (int(v) for v in config.IMAGE_SHAPE)
     input_image = KL.Input(shape=[h, w, c], name="input_image")
     input_image_meta = KL.Input(shape=[config.IMAGE_META_SIZE], name="input_image_meta")
-    rpn_maps, head_maps, c5 = _pyramid(config, input_image)
-    image_logits, image_probs = (image_class_graph(c5, config.IMAGE_CLASSES)
+    rpn_maps, head_maps = _pyramid(config, input_image)
+    image_logits, image_probs = (image_class_graph(head_maps, config.IMAGE_CLASSES)
                                  if config.IMAGE_CLASSES else (None, None))
     rpn_class_logits, rpn_class, rpn_bbox = _rpn(config, rpn_maps)
     anchors = AnchorsLayer(config.RPN_ANCHOR_SCALES, config.RPN_ANCHOR_RATIOS,
