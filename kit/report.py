@@ -118,13 +118,40 @@ def classifier_section(run: Path) -> tuple[list[str], str | None]:
         auc = roc_auc(positive, p)
         n_pos = int(positive.sum())
         plot_roc(*roc_curve(positive, p), auc, n_pos, len(ids) - n_pos, run / "roc.png")
+        detector = roc_auc(positive, best_box_scores(run / "raw_val.csv", ids))
     except (KitError, ValueError) as exc:
         return [], f"roc.png: {exc}"
     return ["## Image classifier (validation)", "",
             f"ROC AUC **{auc:.4f}** on {len(ids)} validation images ({n_pos} with a box, "
             f"{len(ids) - n_pos} without): the classifier's P(Lung Opacity) "
             f"({image_scores_path(run, 'val').name}) against \"the image has a box\"; 0.5 is "
-            "chance, ties count one half.", "", "![Image classifier ROC](roc.png)", ""], None
+            f"chance, ties count one half. The detector's best raw box score per image (0 "
+            f"without a box) ranks the same images with ROC AUC {detector:.4f}: the gate can "
+            "only help where the classifier knows what the boxes do not.", *refit_line(run),
+            "", "![Image classifier ROC](roc.png)", ""], None
+
+
+def best_box_scores(raw_path: Path, ids: Sequence[str]) -> np.ndarray:
+    """Each image's highest raw detection score (0 for an image without a detection)."""
+    from kit.postprocess import read_raw
+
+    best = read_raw(raw_path).groupby("patientId")["score"].max()
+    return np.array([float(best.get(pid, 0.0)) for pid in ids])
+
+
+def refit_line(run: Path) -> list[str]:
+    """A sentence on the image head's refit after training (train_state.json), if there was one."""
+    import json
+
+    try:
+        refit = json.loads((run / "train_state.json").read_text()).get("image_head_refit")
+    except (OSError, ValueError):
+        return []
+    if not refit:
+        return []
+    return ["", f"The head was refitted after training on {refit['images']} training images "
+                f"and their flips ({refit['checkpoint']}: loss {refit['loss_before']:.3f} -> "
+                f"{refit['loss_after']:.3f}, training accuracy {refit['train_accuracy']:.3f})."]
 
 
 def trained_layers(cfg: RunConfig) -> str:

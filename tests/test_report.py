@@ -1,6 +1,8 @@
 """kit.report: pictures, the results table (checked against kit.metric and by hand), report.md."""
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import numpy as np
@@ -299,6 +301,18 @@ def test_report_shows_the_classifier_auc_and_gates_with_it(study):
                              **dict(zip(neg, [0.3, 0.2, 0.1, 0.1, 0.05, 0.6]))})
     text = write_report(run).read_text()
     assert f"ROC AUC **{20.5 / 24:.4f}** on 10 validation images (4 with a box, 6 without)" in text
+    raw = pd.read_csv(run / "raw_val.csv", dtype={"patientId": str})
+    best = raw.groupby("patientId").score.max()
+    pos = [best.get(pid, 0.0) for pid in study["pos"]]
+    negs = [best.get(pid, 0.0) for pid in neg]
+    want = sum((a > b) + 0.5 * (a == b) for a in pos for b in negs) / (len(pos) * len(negs))
+    assert f"ranks the same images with ROC AUC {want:.4f}" in text       # plain pairwise count
+    assert "refitted" not in text                 # no train_state.json: no refit sentence
+    (run / "train_state.json").write_text(json.dumps({"image_head_refit": {
+        "images": 12, "checkpoint": "best.h5", "loss_before": 0.9, "loss_after": 0.4,
+        "train_accuracy": 0.85, "steps": 200, "seconds": 3.0}}))
+    assert ("refitted after training on 12 training images and their flips (best.h5: loss "
+            "0.900 -> 0.400, training accuracy 0.850)") in write_report(run).read_text()
     assert "](roc.png)" in text and is_png(run / "roc.png") and "could not be made" not in text
     # the classifier gate of postprocess.json uses the run's image scores: at 0.5, P3, P4 and
     # every negative lose their boxes: P1 1, P2 6/8, P3 0, P4 0; negatives excluded
