@@ -25,7 +25,8 @@ from kit.log import say
 # what the flow imports, beyond the standard library (a kernel has only Kaggle's image)
 MODULES = ("numpy", "pandas", "PIL", "pydicom", "h5py", "tqdm", "matplotlib", "albumentations",
            "tensorflow", "keras", "kit.mrcnn.model", "kit.mrcnn.training", "kit.predict",
-           "kit.fusion", "kit.tune", "kit.submission", "kit.report", "kit.callbacks")
+           "kit.fusion", "kit.tune", "kit.submission", "kit.report", "kit.callbacks",
+           "kit.image_head")
 N_IMAGES = 2
 SUBSET = "rsna-kit-preflight"
 DATA = f"{SUBSET}-data"      # the subset's data folder (its cache: data/cache/<DATA>-<size>)
