@@ -283,4 +283,18 @@ def run_tune(args: argparse.Namespace) -> int:
     plot = args.plot or Path(out).parent / "tuning.png"
     plot_sweep(result, plot)
     print(f"best mAP {value:.4f}: wrote {out} and {plot}")
+    positives = sum(1 for pid in ids if len(boxes[pid]))
+    if positives < SMALL_VAL_POSITIVES:
+        print(small_val_note(len(ids), positives, n_settings))
     return 0
+
+
+SMALL_VAL_POSITIVES = 200
+
+
+def small_val_note(n_images: int, positives: int, n_settings: int) -> str:
+    """The warning tune prints when its best mAP was picked on few positive images."""
+    return (f"note: the best of {n_settings:,} settings on {n_images} images ({positives} with a "
+            f"box): one image moves the mAP by about {1 / max(positives, 1):.3f}, so the tuned "
+            "mAP is optimistic for new images; judge settings by a held-out set (`score` on "
+            "another split) or tune on more images")

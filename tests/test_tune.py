@@ -11,7 +11,7 @@ from kit.errors import KitError
 from kit.metric import score_dataset
 from kit.postprocess import PostProcess
 from kit.runs import RAW_COLUMNS
-from kit.tune import OPACITY_THRESHOLDS, sweep
+from kit.tune import OPACITY_THRESHOLDS, small_val_note, sweep
 
 
 def synthetic(seed=0, n=60):
@@ -123,7 +123,7 @@ def test_best_setting_is_found_on_a_crafted_case():
     assert result.map[1, 0, 0, 0] > result.map[1, 0, 1, 0]         # at 0.5, one box beats two
 
 
-def test_tune_cli_writes_best_json_and_plot(in_tmp, tmp_path):
+def test_tune_cli_writes_best_json_and_plot(in_tmp, tmp_path, capsys):
     gt, raw = synthetic(n=30)
     labels = [(pid, *b, 1) for pid, g in gt.items() for b in g]
     labels += [(pid, None, None, None, None, 0) for pid, g in gt.items() if not len(g)]
@@ -140,6 +140,11 @@ def test_tune_cli_writes_best_json_and_plot(in_tmp, tmp_path):
     assert (in_tmp / "out" / "tuning.png").read_bytes()[:4] == b"\x89PNG"
     saved = json.loads((in_tmp / "out" / "post.json").read_text())
     assert saved["nms_iou"] is None and saved["opacity_threshold"] == 0.0   # no image scores
+    positives = sum(1 for g in gt.values() if len(g))
+    assert 0 < positives < 200                  # few positives: tune says its figure is optimistic
+    assert small_val_note(30, positives, 8) in capsys.readouterr().out
+    assert "one image moves the mAP by about 0.250" in small_val_note(80, 4, 8)
+    assert small_val_note(2000, 500, 8).startswith("note: the best of 8 settings on 2000 images")
 
 
 def test_tune_cli_sweeps_the_classifier_gate_when_the_image_scores_exist(in_tmp, capsys):
