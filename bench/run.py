@@ -4,6 +4,7 @@ Usage: python bench/run.py [scorer prepare model train_step ...]
 Each bench/<name>.py prints one JSON object on stdout; failures are reported, not hidden.
 With the torchvision peer venv (`make bench-peers`) the default list leaves out model and
 train_step: compare.py runs both itself, next to torchvision, and reports them.
+image_features.py needs a trained run (--run) and is run by hand.
 """
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ from pathlib import Path
 from compare import PEER_PYTHON  # bench/ is this script's folder, first on sys.path
 
 HERE = Path(__file__).resolve().parent
+NEEDS_A_RUN = ("image_features",)      # run by hand with --run runs/<run>
 
 
 def main(names: list[str]) -> int:
-    scripts = sorted(p for p in HERE.glob("*.py") if p.name != "run.py")
+    scripts = sorted(p for p in HERE.glob("*.py")
+                     if p.name != "run.py" and p.stem not in NEEDS_A_RUN)
     if names:
         scripts = [HERE / f"{n}.py" for n in names]
     elif PEER_PYTHON.is_file():    # compare runs model.py and train_step.py itself: not twice

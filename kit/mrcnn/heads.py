@@ -96,10 +96,10 @@ def image_class_graph(feature_maps: list, num_classes: int, fc_size: int = 256) 
     reads the features the detector trains (every level, so large and small findings count)
     without pushing gradients into them, and the normalised input keeps its logits small.
 
-    Why FPN and not C5: on the CPU demo trained from scratch (128 px, boxes found on P2), a
-    logistic regression on pooled C5 of a trained run separated opacity images no better than
-    chance (val ROC AUC 0.52-0.60), while pooled P2..P5 reached 0.995-1.000; a head on C5
-    stayed at chance. Max pooling with the backbone gradient blew the loss up to 1,000.
+    Why FPN and not C5: on the CPU demo trained from scratch (128 px), a logistic regression on
+    pooled C5 of a trained run separated opacity images no better than chance (val ROC AUC
+    0.51-0.58 over 2 seeds), while pooled P2..P5 reached 0.84-1.00 (bench/image_features.py);
+    a head on C5 stayed at chance. Max pooling with the backbone gradient blew the loss up to 1,000.
     Returns (kit_image_logits [B, K], kit_image_probs [B, K] float32 softmax). Layers:
     kit_image_avg_pN, kit_image_max_pN, kit_image_pool (concat), kit_image_stop,
     kit_image_norm, kit_image_fc, kit_image_logits, kit_image_probs.
