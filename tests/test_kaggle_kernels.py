@@ -216,8 +216,10 @@ def test_built_full_script_writes_a_valid_submission(tmp_path):
     script, _ = build(tmp_path, "full", "alice")
     data = tmp_path / "input" / "competitions" / paths.COMPETITION
     make_dataset(data, n_train=24, n_test=6, size=128, seed=3)
+    # no preflight (half the time): test_kaggle_image runs this script with it under Kaggle's
+    # image, test_preflight tests it in place
     proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path,
-                          env=_kernel_env(tmp_path, KIT_PRESET="tiny"),
+                          env=_kernel_env(tmp_path, KIT_PRESET="tiny", KIT_PREFLIGHT="0"),
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     sub = tmp_path / "working" / "submission.csv"

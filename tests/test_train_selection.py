@@ -27,11 +27,12 @@ def data(in_tmp):
 def test_same_seed_same_history_and_the_best_checkpoint_is_predicted_from(data, capsys):
     runs = [train(preset="tiny", data_dir=data, overrides=["seed=3"], runs_dir=Path("runs"))
             for _ in range(2)]
-    other = train(preset="tiny", data_dir=data, overrides=["seed=4"], runs_dir=Path("runs"))
+    other = train(preset="tiny", data_dir=data, runs_dir=Path("runs"),   # tiny's first stage only
+                  overrides=["seed=4", 'stages=[{"layers": "heads", "epochs": 1}]'])
     h = [pd.read_csv(run / "history.csv") for run in (*runs, other)]
     assert h[0].epoch.tolist() == [1, 2] and "val_map" in h[0].columns
     assert h[0][LOSSES + ["val_map"]].equals(h[1][LOSSES + ["val_map"]])   # bit-identical
-    assert not h[0][LOSSES].equals(h[2][LOSSES])
+    assert not h[0][LOSSES].iloc[:1].equals(h[2][LOSSES].iloc[:1])
     run = runs[0]
     best = json.loads((run / "best.json").read_text())
     assert best["val_map"] == h[0].val_map.max()
