@@ -25,9 +25,11 @@ LAYERS = ("res5c_out", "res4f_out", "res3d_out", "fpn_p2", "fpn_p3", "fpn_p4", "
           "kit_image_pool")
 
 
-def roc_auc(y: np.ndarray, s: np.ndarray) -> float:
-    """Pairwise ROC AUC (ties one half)."""
+def roc_auc(y: np.ndarray, s: np.ndarray) -> float | None:
+    """Pairwise ROC AUC (ties one half); None when a class is missing."""
     pos, neg = s[y], s[~y]
+    if not len(pos) or not len(neg):
+        return None
     return float(((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum())
                  / (len(pos) * len(neg)))
 
@@ -95,8 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         rows = {}
         for l2 in args.l2:
             w, b, mean, std = logistic(feats["train"][n], y["train"].astype(float), l2)
-            auc = {s: round(roc_auc(y[s], ((feats[s][n] - mean) / std) @ w + b), 4)
+            auc = {s: roc_auc(y[s], ((feats[s][n] - mean) / std) @ w + b)
                    for s in ("train", "val")}
+            auc = {s: None if v is None else round(v, 4) for s, v in auc.items()}
             rows[f"l2={l2:g}"] = auc
         result["layers"][n] = {"dim": int(feats["train"][n].shape[1]), **rows}
     print(json.dumps(result))

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from kit import cli
+from test_bench_image_features import image_features
 from kit.train import checkpoint_of, train
 
 LOSSES = ["loss", "rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss", "mrcnn_bbox_loss",
@@ -57,6 +58,17 @@ def test_same_seed_same_history_and_the_best_checkpoint_is_predicted_from(data, 
     assert images.p_opacity.between(0, 1).all()
     assert cli.main(["predict", "--run", str(run), "--split", "val", "--checkpoint", "last"]) == 0
     assert "_0002.h5" in capsys.readouterr().out
+    probe = image_features()                  # bench/image_features.py on this trained run
+    assert probe.main(["--run", str(run), "--layers", "res5c_out", "kit_image_pool"]) == 0
+    found = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert found["images"] == {"train": len(pd.read_csv(run / "train_ids.csv")),
+                               "val": len(val_ids)}
+    assert found["layers"]["res5c_out"]["dim"] == 2 * 2048
+    fpn = json.loads((run / "config.json").read_text())["top_down_pyramid_size"]
+    assert found["layers"]["kit_image_pool"]["dim"] == 2 * 4 * fpn    # avg + max of P2..P5
+    for l2 in ("l2=1", "l2=30"):           # None: the split lacks positives or negatives
+        for auc in found["layers"]["kit_image_pool"][l2].values():
+            assert auc is None or 0.0 <= auc <= 1.0
 
 
 @pytest.mark.slow
