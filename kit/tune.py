@@ -246,6 +246,9 @@ def _inputs(args: argparse.Namespace) -> tuple[Path, Path, Path | None]:
     return run / "raw_val.csv", labels, ids
 
 
+SMALL_VAL_POSITIVES = 200      # fewer positive images than this: tune warns its mAP is optimistic
+
+
 def run_tune(args: argparse.Namespace) -> int:
     from kit.labels import boxes_by_patient, read_labels
 
@@ -287,9 +290,6 @@ def run_tune(args: argparse.Namespace) -> int:
     if positives < SMALL_VAL_POSITIVES:
         print(small_val_note(len(ids), positives, n_settings))
     return 0
-
-
-SMALL_VAL_POSITIVES = 200
 
 
 def small_val_note(n_images: int, positives: int, n_settings: int) -> str:
