@@ -26,12 +26,12 @@ LAYERS = ("res5c_out", "res4f_out", "res3d_out", "fpn_p2", "fpn_p3", "fpn_p4", "
 
 
 def roc_auc(y: np.ndarray, s: np.ndarray) -> float | None:
-    """Pairwise ROC AUC (ties one half); None when a class is missing."""
-    pos, neg = s[y], s[~y]
-    if not len(pos) or not len(neg):
+    """kit.evaluate.roc_auc (ties one half); None when a split lacks a class."""
+    from kit.evaluate import roc_auc as auc
+
+    if y.all() or not y.any():
         return None
-    return float(((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum())
-                 / (len(pos) * len(neg)))
+    return auc(y, s)
 
 
 def logistic(x: np.ndarray, y: np.ndarray, l2: float, steps: int = 2000,
