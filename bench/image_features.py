@@ -26,8 +26,8 @@ LAYERS = ("res5c_out", "res4f_out", "res3d_out", "fpn_p2", "fpn_p3", "fpn_p4", "
 
 
 def roc_auc(y: np.ndarray, s: np.ndarray) -> float | None:
-    """kit.evaluate.roc_auc (ties one half); None when a split lacks a class."""
-    from kit.evaluate import roc_auc as auc
+    """kit.score.metric.roc_auc (ties one half); None when a split lacks a class."""
+    from kit.score.metric import roc_auc as auc
 
     if y.all() or not y.any():
         return None
@@ -58,12 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     import pandas as pd
     import tensorflow as tf
 
-    from kit.cache import Cache, default_cache_dir
+    from kit.data.prepare import Cache, default_cache_dir
     from kit.config import RunConfig
-    from kit.dataset import as_rgb
-    from kit.labels import read_labels
-    from kit.mrcnn import utils
-    from kit.predict import load_inference_model
+    from kit.data.prepare import as_rgb
+    from kit.data.labels import read_labels
+    from kit.mrcnn import molding
+    from kit.infer.predict import load_inference_model
 
     run = Path(args.run)
     cfg = RunConfig.load(run / "config.json")
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         out: dict[str, list] = {n: [] for n in names}
         for start in range(0, len(ids), 16):
             chunk = [as_rgb(cache.load(pid)) for pid in ids[start:start + 16]]
-            molded, _, _ = utils.mold_inputs(chunk, model.config)
+            molded, _, _ = molding.mold_inputs(chunk, model.config)
             outs = forward(tf.constant(molded))
             for n, o in zip(names, outs if len(names) > 1 else [outs]):
                 o = np.asarray(o, np.float64)

@@ -1,10 +1,10 @@
 """Benchmark ``kit prepare`` against the raw JPEG decode limit; prints one JSON object.
 
-Writes N 1024-px JPEG Baseline DICOMs with synthetic chest-film content (kit.synth +
-kit.dicom.write_dicom) to a temp folder, then measures in the same run:
+Writes N 1024-px JPEG Baseline DICOMs with synthetic chest-film content (kit.data.demo +
+kit.data.dicom.write_dicom) to a temp folder, then measures in the same run:
   decode_full / decode_draft: Pillow decoding the same JPEG bytes from memory (full size, and
                               draft mode at the reduction prepare uses for --size), one core;
-  prepare_1_worker:           kit.cache.prepare with workers=1 (read file, parse DICOM, decode,
+  prepare_1_worker:           kit.data.prepare.prepare with workers=1 (read file, parse DICOM, decode,
                               resize, write .npy, metadata), one core;
   prepare_all_workers:        the same with one process per CPU;
   load_ms:                    Cache.load of one prepared image.
@@ -26,7 +26,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kit import cache, dicom, paths, synth  # noqa: E402
+from kit import paths  # noqa: E402
+from kit.data import prepare as cache
+from kit.data import dicom
+from kit.data import demo as synth
 
 
 def make_files(folder: Path, n: int) -> None:

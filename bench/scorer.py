@@ -17,8 +17,9 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))   # run as a script from anywhere
 
-from kit import metric, tune  # noqa: E402
-from kit.postprocess import PostProcess  # noqa: E402
+from kit.score import metric
+from kit.score import tune
+from kit.score.postprocess import PostProcess  # noqa: E402
 from kit.runs import RAW_COLUMNS  # noqa: E402
 
 REAL = ROOT.parent / "shared" / "rsna" / "stage_2_train_labels.csv"
@@ -27,7 +28,7 @@ THRESHOLDS = [0.40, 0.45, 0.50, 0.55, 0.60, 0.65, 0.70, 0.75]
 
 def ground_truth(n: int, rng: np.random.Generator) -> tuple[dict, str]:
     if REAL.is_file():
-        from kit.labels import boxes_by_patient, read_labels
+        from kit.data.labels import boxes_by_patient, read_labels
 
         gt = boxes_by_patient(read_labels(REAL))
         ids = rng.permutation(sorted(gt))[:n]

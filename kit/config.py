@@ -1,7 +1,8 @@
 """Run configuration: frozen dataclasses, named presets, JSON round trip, ``--set`` overrides.
 
-A run's ``config.json`` is this object; ``mrcnn_config()`` turns it into the model's
-Matterport-style ``kit.mrcnn.config.Config`` (imported lazily: no TensorFlow here).
+A run's ``config.json`` is this object; ``mrcnn_fields()`` gives the fields of the model's
+Matterport-style config (``kit.mrcnn.config.config_from(cfg.mrcnn_fields())`` builds it), so the
+base never imports the model.
 Pixel sizes are those of the prepared (cached) image the model sees, unless said otherwise.
 """
 from __future__ import annotations
@@ -180,10 +181,9 @@ class RunConfig:
             raise KitError(f"fold={self.fold} must be in 0..{self.folds - 1} for folds={self.folds}")
 
     # ---- the model's config ------------------------------------------------------------
-    def mrcnn_config(self, gpu_count: int = 1) -> Any:
-        """The Matterport-style model config for this run (2 classes: background, opacity)."""
-        from kit.mrcnn.config import Config
-
+    def mrcnn_fields(self, gpu_count: int = 1) -> dict[str, Any]:
+        """The Matterport-style model config's fields for this run (2 classes: background,
+        opacity); ``kit.mrcnn.config.config_from`` turns them into a validated Config."""
         attrs = dict(
             NAME="pneumonia", NUM_CLASSES=2, BACKBONE=self.backbone,
             IMAGES_PER_GPU=self.images_per_gpu, GPU_COUNT=gpu_count,
@@ -217,9 +217,7 @@ class RunConfig:
             attrs["STEPS_PER_EPOCH"] = self.steps_per_epoch
         if self.validation_steps:
             attrs["VALIDATION_STEPS"] = self.validation_steps
-        cfg = type("RSNAConfig", (Config,), attrs)()
-        cfg.validate()
-        return cfg
+        return attrs
 
 
 def _study(backbone: str, augment: bool) -> RunConfig:

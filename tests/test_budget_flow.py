@@ -16,7 +16,7 @@ TOLERANCE_S = 20.0      # interpreter start-up before the clock starts, process 
 
 @pytest.mark.slow
 def test_submission_finishes_within_its_time_budget(in_tmp, capsys):
-    from kit.synth import make_dataset
+    from kit.data.demo import make_dataset
 
     make_dataset(Path("data/demo"), n_train=120, n_test=30, size=128, seed=6)
     start = time.time()

@@ -6,7 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kit import cache, cli, dicom, labels, paths, synth
+from kit import cli, paths
+from kit.data import prepare as cache
+from kit.data import dicom
+from kit.data import labels
+from kit.data import demo as synth
 from kit.errors import KitError
 
 

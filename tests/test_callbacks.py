@@ -1,4 +1,4 @@
-"""kit.callbacks: the budget meter's timing and stop rule (fake clock), quick_map, subsets."""
+"""kit.train.callbacks: the budget meter's timing and stop rule (fake clock), quick_map, subsets."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from kit import budget as B
-from kit.callbacks import BudgetMeter, quick_map, subset_ids
+from kit.train.callbacks import BudgetMeter, quick_map, subset_ids
 
 
 class Clock:

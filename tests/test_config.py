@@ -1,5 +1,6 @@
 import pytest
 
+from kit.mrcnn.config import config_from
 from kit.config import PRESETS, RunConfig, Stage, get_preset
 from kit.errors import KitError
 
@@ -41,7 +42,7 @@ def test_overrides_parse_types_and_reject_unknown_keys():
         get_preset("huge")
     with pytest.raises(KitError, match="choose sgd or adam"):
         get_preset("tiny", ["optimizer=rmsprop"])
-    assert get_preset("tiny", ["optimizer=adam"]).mrcnn_config().OPTIMIZER == "ADAM"
+    assert config_from(get_preset("tiny", ["optimizer=adam"]).mrcnn_fields()).OPTIMIZER == "ADAM"
 
 
 def test_stage_override_from_json():

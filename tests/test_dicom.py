@@ -3,7 +3,7 @@ import pydicom
 import pytest
 from PIL import Image
 
-from kit import dicom
+from kit.data import dicom
 from kit.errors import KitError
 
 

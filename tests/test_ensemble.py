@@ -8,13 +8,14 @@ import pytest
 
 from kit import cli, paths
 from kit.config import RunConfig, get_preset
-from kit.fusion import fuse_raw
-from kit.labels import boxes_by_patient, read_labels
-from kit.metric import score_dataset
-from kit.postprocess import PostProcess, read_image_scores, read_raw
+from kit.infer.fusion import fuse_raw
+from kit.data.labels import boxes_by_patient, read_labels
+from kit.score.metric import score_dataset
+from kit.score.postprocess import PostProcess
+from kit.runs import read_image_scores, read_raw
 from kit.runs import IMAGE_COLUMNS, RAW_COLUMNS
-from kit.submission import read_submission
-from kit.synth import make_dataset
+from kit.score.submission import read_submission
+from kit.data.demo import make_dataset
 from conftest import run_cli_without_tensorflow
 
 SMALL_GRID = ["--thresholds", "0.1", "0.5", "0.8", "--scales", "1.0", "0.9",

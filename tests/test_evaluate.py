@@ -7,8 +7,9 @@ import pytest
 
 import numpy as np
 
-from kit import cli, leaderboard
-from kit.evaluate import roc_auc, roc_curve
+from kit import cli
+from kit.score import leaderboard
+from kit.score.metric import roc_auc, roc_curve
 
 LABELS = ("patientId,x,y,width,height,Target\n"
           "a,0,0,100,100,1\n"
@@ -139,7 +140,7 @@ def test_score_bad_file_one_line_error(data, capsys):
 
 def test_score_and_leaderboard_do_not_import_tensorflow():
     code = ("import sys; from kit import cli; cli.build_parser('score'); "
-            "cli.build_parser('leaderboard'); import kit.evaluate, kit.metric, kit.leaderboard; "
+            "cli.build_parser('leaderboard'); import kit.score.score, kit.score.metric, kit.score.leaderboard; "
             "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from kit.errors import KitError
-from kit.fusion import fuse_raw, weighted_boxes_fusion
+from kit.infer.fusion import fuse_raw, weighted_boxes_fusion
 from kit.runs import RAW_COLUMNS
 
 

@@ -1,11 +1,11 @@
-"""Refitting the image-level head on the finished detector's features (kit.image_head)."""
+"""Refitting the image-level head on the finished detector's features (kit.train.image_head)."""
 from __future__ import annotations
 
 import h5py
 import numpy as np
 import pytest
 
-from kit.image_head import HEAD_LAYERS, pick_ids
+from kit.train.image_head import HEAD_LAYERS, pick_ids
 
 
 def test_pick_ids_keeps_labelled_images_stratified_and_seeded():
@@ -27,7 +27,7 @@ def test_pick_ids_keeps_labelled_images_stratified_and_seeded():
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
-from kit.image_head import pooled_features, refit_image_head  # noqa: E402
+from kit.train.image_head import pooled_features, refit_image_head  # noqa: E402
 from kit.mrcnn import weights as W  # noqa: E402
 from kit.mrcnn.model import MaskRCNN  # noqa: E402
 from test_mrcnn_training import _model_config  # noqa: E402

@@ -11,7 +11,7 @@ import pytest
 from kaggle_mock import USERNAME, bounded, mock_kaggle, no_creds  # noqa: F401  (fixtures)
 
 from kit import cli, paths
-from kit.kaggle import runtime
+from kit.flow import kernel as driver
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -30,7 +30,7 @@ def test_build_bakes_settings_and_a_separate_fold_kernel(tmp_path, monkeypatch):
     assert "_os.environ.setdefault('KIT_TIME_BUDGET', '8h')" in text
     # the settings reach the kernel's command line (dry run, in-process)
     monkeypatch.setenv("KIT_SET", json.dumps(["folds=5", "fold=2"]))
-    k = runtime.parse_args(["--input", str(tmp_path), "--dry-run"])
+    k = driver.parse_args(["--input", str(tmp_path), "--dry-run"])
     assert k.overrides == ("folds=5", "fold=2") and k.preflight is True
     assert k.set_args() == ["--set", "folds=5", "--set", "fold=2"]
 
@@ -63,7 +63,7 @@ def _train_kernel():
 
 @pytest.mark.slow
 def test_train_kernel_resumes_its_previous_session(in_tmp, monkeypatch, capsys):
-    from kit.synth import make_dataset
+    from kit.data.demo import make_dataset
 
     for key, value in (("KIT_PRESET", "tiny"), ("KIT_PREFLIGHT", "0"), ("KIT_TIME_BUDGET", "1h"),
                        ("KIT_TIME_BUDGET_DEADLINE", "0"),
@@ -75,7 +75,7 @@ def test_train_kernel_resumes_its_previous_session(in_tmp, monkeypatch, capsys):
     kernel = _train_kernel()
     first = ["--input", str(in_tmp / "input"), "--working", str(in_tmp / "w1"),
              "--scratch", str(in_tmp / "s1")]
-    assert runtime.main(kernel.steps, first) == 0
+    assert driver.main(kernel.steps, first) == 0
     (run1,) = (in_tmp / "w1" / "runs").iterdir()
     # the session cap hit during epoch 2: only epoch 1's checkpoint made it into the output
     for ckpt in run1.rglob("mask_rcnn_*_0002.h5"):
@@ -88,7 +88,7 @@ def test_train_kernel_resumes_its_previous_session(in_tmp, monkeypatch, capsys):
     capsys.readouterr()
     second = ["--input", str(in_tmp / "input2"), "--working", str(in_tmp / "w2"),
               "--scratch", str(in_tmp / "s2")]
-    assert runtime.main(kernel.steps, second) == 0
+    assert driver.main(kernel.steps, second) == 0
     out = capsys.readouterr().out
     run2 = in_tmp / "w2" / "runs" / run1.name
     assert f"train --resume {run2}" in out and "at epoch 2" in out

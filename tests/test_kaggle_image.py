@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from kit import cli, paths
-from kit.submission import validate_submission
-from kit.synth import make_dataset
+from kit.score.submission import validate_submission
+from kit.data.demo import make_dataset
 
 pytestmark = pytest.mark.slow
 

@@ -48,7 +48,7 @@ def test_build_renders_metadata_and_one_self_checking_script(tmp_path):
     data = bundle.decode_bundle(text)
     assert hashlib.sha256(data).hexdigest() == bundle.header_sha(text)
     names = zipfile.ZipFile(io.BytesIO(data)).namelist()
-    assert "kit/cli.py" in names and "kit/kaggle/runtime.py" in names
+    assert "kit/cli.py" in names and "kit/flow/kernel.py" in names
     assert all(n.startswith("kit/") and "__pycache__" not in n for n in names)   # no tests/data
     assert (REPO / "kernels" / "infer" / "kernel.py").read_text() in text       # entry appended
 
@@ -209,9 +209,9 @@ def test_built_script_prefers_the_competition_mount_and_fails_clearly_without_da
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("kit.pipeline") is None, reason="pipeline not yet written")
+@pytest.mark.skipif(importlib.util.find_spec("kit.flow.submission") is None, reason="pipeline not yet written")
 def test_built_full_script_writes_a_valid_submission(tmp_path):
-    from kit.synth import make_dataset
+    from kit.data.demo import make_dataset
 
     script, _ = build(tmp_path, "full", "alice")
     data = tmp_path / "input" / "competitions" / paths.COMPETITION
@@ -235,7 +235,7 @@ def test_built_full_script_writes_a_valid_submission(tmp_path):
 
 def test_infer_kernel_finds_the_attached_run_and_repoints_its_data(tmp_path):
     from kit.config import get_preset
-    from kit.kaggle import runtime
+    from kit.flow import kernel as driver
 
     data = tmp_path / "input" / paths.COMPETITION
     data.mkdir(parents=True)
@@ -251,9 +251,9 @@ def test_infer_kernel_finds_the_attached_run_and_repoints_its_data(tmp_path):
     copy = tmp_path / "working" / "runs" / "tiny-20240202-000000"         # the newest run
     assert f"$ python -m kit predict --run {copy} --split all --tta flip" in proc.stdout
     assert f"$ python -m kit submit --run {copy} --data {data}" in proc.stdout
-    k = runtime.KernelPaths(tmp_path / "input", tmp_path / "working", tmp_path / "scratch",
+    k = driver.KernelPaths(tmp_path / "input", tmp_path / "working", tmp_path / "scratch",
                             "tiny", dry_run=False)
-    assert runtime.working_copy(runtime.find_run(k.input), k, data) == copy
+    assert driver.working_copy(driver.find_run(k.input), k, data) == copy
     assert json.loads((copy / "config.json").read_text())["data_dir"] == str(data)
     src = json.loads((tmp_path / "input" / "rsna-kit-train" / "runs" / copy.name /
                       "config.json").read_text())

@@ -3,7 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from kit import cli, labels
+from kit import cli
+from kit.data import labels
 from kit.errors import KitError
 
 HEADER = "patientId,x,y,width,height,Target\n"

@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from kit import cli, leaderboard
+from kit import cli
+from kit.score import leaderboard
 
 
 def row(file, value, sha):

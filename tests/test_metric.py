@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kit import metric
+from kit.score import metric
 from kit.errors import KitError
 
 E = np.zeros((0, 4))

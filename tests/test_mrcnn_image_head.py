@@ -17,7 +17,7 @@ from kit.mrcnn.training import layer_regex, make_optimizer  # noqa: E402
 from test_mrcnn_training import _boxes_dataset, _model_config  # noqa: E402
 
 KIT_WEIGHTED = ["kit_image_norm", "kit_image_fc", "kit_image_logits"]
-COCO_HEADS = ["mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_mask"]   # as kit.train excludes
+COCO_HEADS = ["mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_mask"]   # as kit.train.trainer excludes
 
 
 def _config(**overrides):

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from kit.mrcnn import layers as L
-from kit.mrcnn import utils
+from kit.mrcnn import molding, utils
 from kit.mrcnn.backbone import BatchNorm
 from kit.mrcnn.heads import fpn_classifier_graph
 from kit.mrcnn.targets import DetectionTargetLayer
@@ -94,7 +94,7 @@ def test_pyramid_roi_align_matches_numpy_bilinear():
             for s in (4, 8, 16, 32)]
     px = np.array([[10, 20, 40, 60], [0, 0, 120, 130], [30, 30, 250, 240]], np.float32)
     boxes = utils.norm_boxes(px, (side, side))
-    meta = utils.compose_image_meta(0, (side, side, 3), (side, side, 3), (0, 0, side, side),
+    meta = molding.compose_image_meta(0, (side, side, 3), (side, side, 3), (0, 0, side, side),
                                     1.0, np.ones(2))[None]
     out = L.PyramidROIAlign([5, 5])([tf.constant(boxes[None]), tf.constant(meta),
                                      *map(tf.constant, maps)]).numpy()
@@ -119,7 +119,7 @@ def test_detection_layer_filters_sorts_and_pads():
                      np.float32)
     deltas = np.zeros((6, 3, 4), np.float32)
     window = (0, 0, 100, 128)                # molded image 128x128, real image in rows 0..100
-    meta = utils.compose_image_meta(0, (100, 128, 3), (128, 128, 3), window, 1.0, np.ones(3))
+    meta = molding.compose_image_meta(0, (100, 128, 3), (128, 128, 3), window, 1.0, np.ones(3))
     layer = L.DetectionLayer(max_instances=5, min_confidence=0.7, nms_threshold=0.3,
                              bbox_std_dev=[0.1, 0.1, 0.2, 0.2])
     out = layer([tf.constant(rois[None]), tf.constant(probs[None]), tf.constant(deltas[None]),
@@ -137,7 +137,7 @@ def test_detection_layer_best_foreground_scores_every_roi_by_its_object_probabil
     rois = np.array([[0.1, 0.1, 0.4, 0.4], [0.5, 0.5, 0.9, 0.9]], np.float32)
     probs = np.array([[0.7, 0.3], [0.9, 0.1]], np.float32)
     deltas = np.zeros((2, 2, 4), np.float32)
-    meta = utils.compose_image_meta(0, (128, 128, 3), (128, 128, 3), (0, 0, 128, 128), 1.0,
+    meta = molding.compose_image_meta(0, (128, 128, 3), (128, 128, 3), (0, 0, 128, 128), 1.0,
                                     np.ones(2))
     inputs = [tf.constant(rois[None]), tf.constant(probs[None]), tf.constant(deltas[None]),
               tf.constant(meta[None])]
@@ -186,7 +186,7 @@ def test_helper_layers():
     boxes = np.array([[[0, 0, 128, 64]]], np.float32)
     np.testing.assert_allclose(L.NormBoxes(128, 64)(tf.constant(boxes)).numpy(),
                                utils.norm_boxes(boxes[0], (128, 64))[None], atol=1e-7)
-    meta = utils.compose_image_meta(3, (10, 20, 3), (64, 64, 3), (1, 2, 3, 4), 0.5,
+    meta = molding.compose_image_meta(3, (10, 20, 3), (64, 64, 3), (1, 2, 3, 4), 0.5,
                                     np.array([1, 0, 1]))[None]
     active = L.ParseImageMeta("active_class_ids")(tf.constant(meta)).numpy()
     assert active.tolist() == [[1, 0, 1]]

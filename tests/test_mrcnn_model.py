@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kit.mrcnn import utils
+from kit.mrcnn import molding, utils
 from kit.mrcnn.config import Config
 from kit.mrcnn.heads import build_rpn_model
 from kit.mrcnn.layers import AnchorsLayer, ProposalLayer
@@ -180,7 +180,7 @@ def test_training_graph_forward_gives_five_finite_losses(tmp_path):
         "input_gt_class_ids", "input_gt_boxes", "input_gt_masks"]
     b, a = cfg.BATCH_SIZE, len(anchors_of(cfg))
     rng = np.random.default_rng(0)
-    meta = np.stack([utils.compose_image_meta(0, (128, 128, 3), (128, 128, 3), (0, 0, 128, 128),
+    meta = np.stack([molding.compose_image_meta(0, (128, 128, 3), (128, 128, 3), (0, 0, 128, 128),
                                               1.0, np.ones(2))] * b)
     x = {"input_image": rng.normal(size=(b, 128, 128, 3)).astype(np.float32),
          "input_image_meta": meta,

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from kit.mrcnn import utils
+from kit.mrcnn import molding, utils
 from kit.mrcnn.config import Config
 
 
@@ -199,10 +199,10 @@ def test_mini_mask_round_trip_and_bboxes():
 
 # ------------------------------------------------------------------------ molding and meta
 def test_image_meta_round_trip():
-    meta = utils.compose_image_meta(7, (100, 80, 3), (128, 128, 3), (14, 24, 114, 104), 1.0,
+    meta = molding.compose_image_meta(7, (100, 80, 3), (128, 128, 3), (14, 24, 114, 104), 1.0,
                                     np.array([1, 1]))
     assert meta.shape == (Tiny().IMAGE_META_SIZE,)
-    parts = utils.parse_image_meta(meta[None])
+    parts = molding.parse_image_meta(meta[None])
     assert parts["image_id"].tolist() == [7]
     assert parts["original_image_shape"].tolist() == [[100, 80, 3]]
     assert parts["window"].tolist() == [[14, 24, 114, 104]]
@@ -212,15 +212,15 @@ def test_image_meta_round_trip():
 def test_mold_inputs_and_unmold_detections():
     cfg = Tiny()
     image = np.full((64, 128, 3), 200, np.uint8)
-    molded, metas, windows = utils.mold_inputs([image], cfg)
+    molded, metas, windows = molding.mold_inputs([image], cfg)
     assert molded.shape == (1, 128, 128, 3) and molded.dtype == np.float32
     assert windows.tolist() == [[32, 0, 96, 128]]
-    np.testing.assert_allclose(utils.unmold_image(molded[0], cfg)[40, 5], [200, 200, 200])
+    np.testing.assert_allclose(molding.unmold_image(molded[0], cfg)[40, 5], [200, 200, 200])
     # a detection exactly covering the window maps to the whole original image
     window_norm = utils.norm_boxes(windows, (128, 128))[0]
     det = np.zeros((4, 6), np.float32)
     det[0] = [*window_norm, 1, 0.9]
-    out = utils.unmold_detections(det, np.ones((4, 28, 28, 2), np.float32), image.shape,
+    out = molding.unmold_detections(det, np.ones((4, 28, 28, 2), np.float32), image.shape,
                                   (128, 128, 3), windows[0])
     assert out["rois"].tolist() == [[0, 0, 64, 128]]
     assert out["class_ids"].tolist() == [1] and out["scores"].dtype == np.float32
@@ -228,12 +228,12 @@ def test_mold_inputs_and_unmold_detections():
     np.testing.assert_allclose(out["boxes"], [[0, 0, 64, 128]], atol=1e-4)
     # a box between pixels: rois round it (Matterport), boxes keep it
     det[0] = [0.25, 0.1, 0.6, 0.7, 1, 0.8]
-    out = utils.unmold_detections(det, None, (128, 128, 3), (128, 128, 3), (0, 0, 128, 128))
+    out = molding.unmold_detections(det, None, (128, 128, 3), (128, 128, 3), (0, 0, 128, 128))
     exact = np.array([0.25 * 127, 0.1 * 127, 0.6 * 127 + 1, 0.7 * 127 + 1])
     np.testing.assert_allclose(out["boxes"][0], exact, rtol=1e-6)
     assert out["rois"][0].tolist() == np.around(exact).astype(int).tolist()
     assert np.abs(out["boxes"][0] - out["rois"][0]).max() > 0.1
-    empty = utils.unmold_detections(np.zeros((4, 6), np.float32), None, image.shape,
+    empty = molding.unmold_detections(np.zeros((4, 6), np.float32), None, image.shape,
                                     (128, 128, 3), windows[0])
     assert empty["rois"].shape == (0, 4) and empty["boxes"].shape == (0, 4)
     assert empty["masks"] is None

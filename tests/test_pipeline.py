@@ -6,7 +6,7 @@ import pytest
 
 from kit import cli
 from kit.config import get_preset
-from kit.pipeline import find_unfinished, trained_epochs
+from kit.flow.submission import find_unfinished, trained_epochs
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -28,7 +28,7 @@ def test_trained_epochs_and_unfinished_runs(tmp_path):
 
 @pytest.mark.slow
 def test_submission_end_to_end_tiny(in_tmp, capsys):
-    from kit.synth import make_dataset
+    from kit.data.demo import make_dataset
 
     make_dataset(Path("data/demo"), n_train=24, n_test=6, size=128, seed=3)
     assert cli.main(["submission", "--preset", "tiny", "--out", "final/submission.csv"]) == 0

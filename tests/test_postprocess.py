@@ -3,8 +3,8 @@ import pandas as pd
 import pytest
 
 from kit.errors import KitError
-from kit.postprocess import (PostProcess, image_scores_beside, nms_mask, rank_in_image,
-                             read_ids, read_image_scores, read_raw, scale_boxes)
+from kit.score.postprocess import PostProcess, nms_mask, rank_in_image, scale_boxes
+from kit.runs import image_scores_beside, read_ids, read_image_scores, read_raw
 from kit.runs import RAW_COLUMNS, image_scores_path
 
 

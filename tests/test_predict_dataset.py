@@ -1,8 +1,9 @@
 """Box conversions at the model boundary, flip TTA and the RSNA dataset (no TensorFlow)."""
 import numpy as np
 
-from kit.dataset import RSNADataset, as_rgb, boxes_to_masks
-from kit.predict import fuse, unflip, xyxy_to_raw
+from kit.train.dataset import RSNADataset, boxes_to_masks
+from kit.data.prepare import as_rgb
+from kit.infer.predict import detect_raw, unflip, xyxy_to_raw
 
 
 def test_model_boxes_map_back_to_the_1024_frame():
@@ -18,15 +19,36 @@ def test_unflip_is_an_involution_and_mirrors_x():
     np.testing.assert_array_equal(unflip(unflip(rois, 128), 128), rois)
 
 
+class _FakeModel:
+    """detect() as Matterport's: the plain pass finds ``a`` on image "p", the flipped pass finds
+    (on the flipped image) the mirror of ``b``; image "q" has nothing in either pass."""
+
+    class config:
+        BATCH_SIZE = 2
+
+    def __init__(self, a, b):
+        self.a, self.b, self.calls = a, b, 0
+
+    def detect(self, images, masks=False):
+        flipped = self.calls % 2 == 1
+        self.calls += 1
+        hit = unflip(self.b, 128) if flipped else self.a
+        return [{"rois": hit, "scores": np.array([0.9])} if i == 0 else
+                {"rois": np.zeros((0, 4)), "scores": np.zeros(0)} for i in range(len(images))]
+
+
 def test_flip_tta_fusion_of_agreeing_boxes_is_their_weighted_mean():
-    a = np.array([[10.0, 10.0, 50.0, 50.0]])
+    a = np.array([[10.0, 10.0, 50.0, 50.0]])    # y1 x1 y2 x2, 128-px cache
     b = np.array([[12.0, 10.0, 52.0, 50.0]])
-    boxes, scores = fuse([a, b], [np.array([0.9]), np.array([0.9])], side=128)
-    assert boxes.shape == (1, 4)
-    np.testing.assert_allclose(boxes[0], [11, 10, 51, 50], atol=1e-4)
-    np.testing.assert_allclose(scores, [0.9], atol=1e-6)
-    empty_boxes, empty_scores = fuse([np.zeros((0, 4))] * 2, [np.zeros(0)] * 2, side=128)
-    assert empty_boxes.shape == (0, 4) and empty_scores.shape == (0,)
+    images = [np.zeros((128, 128, 3), np.uint8)] * 2
+    raw, _ = detect_raw(_FakeModel(a, b), images, ["p", "q"], side=128, tta="flip")
+    assert raw.patientId.tolist() == ["p"]          # q: no box in either pass, no row
+    # fused y1x1y2x2 = [11, 10, 51, 50] -> x, y, w, h in the 1024 frame (x8)
+    np.testing.assert_allclose(raw[["x", "y", "w", "h"]].to_numpy()[0], [80, 88, 320, 320],
+                               atol=0.05)
+    np.testing.assert_allclose(raw.score, [0.9], atol=1e-6)
+    plain, _ = detect_raw(_FakeModel(a, b), images, ["p", "q"], side=128, tta="none")
+    np.testing.assert_allclose(plain[["x", "y", "w", "h"]].to_numpy()[0], [80, 80, 320, 320])
 
 
 def test_boxes_become_filled_rectangles_in_cache_pixels():

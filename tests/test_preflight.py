@@ -6,13 +6,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from kit import cli, paths, preflight
+from kit import cli, paths
+from kit.flow import preflight
 from kit.config import get_preset
 
 
 @pytest.fixture
 def demo(in_tmp):
-    from kit.synth import make_dataset
+    from kit.data.demo import make_dataset
 
     make_dataset(Path("data/demo"), n_train=16, n_test=4, size=64, seed=2)
     return Path("data/demo")

@@ -1,4 +1,4 @@
-"""kit.report: pictures, the results table (checked against kit.metric and by hand), report.md."""
+"""kit.report.report: pictures, the results table (checked against kit.score.metric and by hand), report.md."""
 from __future__ import annotations
 
 import json
@@ -13,11 +13,11 @@ from kit import paths
 from kit.cli import main
 from kit.config import RunConfig, Stage
 from kit.errors import KitError
-from kit.labels import boxes_by_patient, read_labels
-from kit.metric import prf_table, score_dataset
-from kit.postprocess import PostProcess
-from kit.plots import history_figure, plot_detections, plot_history
-from kit.report import (ValResults, load_val_results, pick_examples, results_table,
+from kit.data.labels import boxes_by_patient, read_labels
+from kit.score.metric import prf_table, score_dataset
+from kit.score.postprocess import PostProcess
+from kit.report.plots import history_figure, plot_detections, plot_history
+from kit.report.report import (ValResults, load_val_results, pick_examples, results_table,
                         trained_layers, val_images, write_report)
 from kit.runs import RAW_COLUMNS
 
@@ -47,7 +47,7 @@ def shifted(box: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
     """A 16-image synthetic data set (64 px DICOMs) in Kaggle's layout; 4 positive images."""
-    from kit.synth import make_dataset
+    from kit.data.demo import make_dataset
 
     data = tmp_path_factory.mktemp("report") / "demo"
     make_dataset(data, n_train=16, n_test=1, size=64, seed=3)
@@ -219,7 +219,7 @@ def test_pick_examples_positives_first_then_confident_negatives():
 
 
 def test_val_images_same_from_cache_and_from_dicom(study, demo):
-    from kit.cache import prepare
+    from kit.data.prepare import prepare
 
     res = load_val_results(Path("runs/r50"))
     ids = res.ids[:3]

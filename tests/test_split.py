@@ -2,7 +2,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kit import cli, labels, paths, split
+from kit import cli, paths
+from kit.data import labels
+from kit.data import split
 from kit.errors import KitError
 
 

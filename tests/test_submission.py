@@ -8,9 +8,9 @@ import pytest
 
 from kit import cli
 from kit.errors import KitError
-from kit.postprocess import PostProcess
+from kit.score.postprocess import PostProcess
 from kit.runs import RAW_COLUMNS
-from kit.submission import (format_prediction_string, read_submission, validate_submission,
+from kit.score.submission import (format_prediction_string, read_submission, validate_submission,
                             write_submission)
 
 
@@ -125,6 +125,6 @@ def test_submit_rejects_ids_outside_the_sample(in_tmp, capsys):
 
 def test_commands_do_not_import_tensorflow():
     code = ("import sys; from kit import cli; cli.build_parser('submit'); cli.build_parser('validate');"
-            " import kit.submission, kit.postprocess, kit.labels; "
+            " import kit.score.submission, kit.score.postprocess, kit.data.labels; "
             "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -4,7 +4,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from kit import cli, dicom, labels, paths, synth
+from kit import cli, paths
+from kit.data import dicom
+from kit.data import labels
+from kit.data import demo as synth
 
 
 @pytest.fixture(scope="module")

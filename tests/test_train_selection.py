@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from kit import cli
-from kit.train import checkpoint_of, train
+from kit.train.trainer import train
+from kit.runs import checkpoint_of
 from test_bench_image_features import image_features
 
 LOSSES = ["loss", "rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss", "mrcnn_bbox_loss",
@@ -19,7 +20,7 @@ LOSSES = ["loss", "rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss", "mrcnn_
 
 @pytest.fixture
 def data(in_tmp):
-    from kit.synth import make_dataset
+    from kit.data.demo import make_dataset
 
     make_dataset(Path("data/demo"), n_train=16, n_test=4, size=64, seed=8)
     return Path("data/demo")

@@ -8,10 +8,10 @@ import pytest
 
 from kit import cli
 from kit.errors import KitError
-from kit.metric import score_dataset
-from kit.postprocess import PostProcess
+from kit.score.metric import score_dataset
+from kit.score.postprocess import PostProcess
 from kit.runs import RAW_COLUMNS
-from kit.tune import OPACITY_THRESHOLDS, small_val_note, sweep
+from kit.score.tune import OPACITY_THRESHOLDS, small_val_note, sweep
 
 
 def synthetic(seed=0, n=60):
@@ -198,6 +198,6 @@ def test_bad_grid_is_refused_before_work():
 
 
 def test_tune_does_not_import_tensorflow():
-    code = ("import sys; from kit import cli; cli.build_parser('tune'); import kit.tune; "
+    code = ("import sys; from kit import cli; cli.build_parser('tune'); import kit.score.tune; "
             "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)

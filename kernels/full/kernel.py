@@ -5,21 +5,21 @@ Preflight first (the whole flow on 2 images), then the flow under the session's 
 
 `python -m kit kernels build full` turns this into one self-contained script (the kit embedded).
 Locally, from the repo root: `PYTHONPATH=. python kernels/full/kernel.py --input DIR --dry-run`
-(or run the built script anywhere); the flags and KIT_* variables are in kit/kaggle/runtime.py.
+(or run the built script anywhere); the flags and KIT_* variables are in kit/flow/kernel.py.
 """
 import sys
 
-from kit.kaggle import runtime
+from kit.flow import kernel as driver
 
 
-def steps(k: runtime.KernelPaths) -> list:
-    data = runtime.find_competition_data(k.input)
+def steps(k: driver.KernelPaths) -> list:
+    data = driver.find_competition_data(k.input)
     return [["submission", "--data", str(data), "--preset", k.preset, *k.set_args(),
              "--workdir", str(k.working), "--out", str(k.working / "submission.csv"),
              *k.preflight_args()]]
 
 
 if __name__ == "__main__":
-    code = runtime.main(steps)
+    code = driver.main(steps)
     if code:             # exit only on failure: a notebook-style runner treats SystemExit(0) as an error
         sys.exit(code)

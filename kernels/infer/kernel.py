@@ -5,12 +5,12 @@ run folder attached as input (the `train` kernel's output, or a dataset; KIT_RUN
 """
 import sys
 
-from kit.kaggle import runtime
+from kit.flow import kernel as driver
 
 
-def steps(k: runtime.KernelPaths) -> list:
-    data = runtime.find_competition_data(k.input)
-    run = str(runtime.working_copy(runtime.find_run(k.input), k, data))
+def steps(k: driver.KernelPaths) -> list:
+    data = driver.find_competition_data(k.input)
+    run = str(driver.working_copy(driver.find_run(k.input), k, data))
     return [["predict", "--run", run, "--split", "all", "--tta", "flip"],
             ["tune", "--run", run],
             ["submit", "--run", run, "--data", str(data),
@@ -18,6 +18,6 @@ def steps(k: runtime.KernelPaths) -> list:
 
 
 if __name__ == "__main__":
-    code = runtime.main(steps)
+    code = driver.main(steps)
     if code:             # exit only on failure: a notebook-style runner treats SystemExit(0) as an error
         sys.exit(code)

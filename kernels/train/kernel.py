@@ -9,20 +9,20 @@ runs as several sessions. Each session stops within its time budget at a checkpo
 """
 import sys
 
-from kit.kaggle import runtime
+from kit.flow import kernel as driver
 
 
-def steps(k: runtime.KernelPaths) -> list:
-    data = runtime.find_competition_data(k.input)
-    previous = runtime.find_previous_run(k.input)
+def steps(k: driver.KernelPaths) -> list:
+    data = driver.find_competition_data(k.input)
+    previous = driver.find_previous_run(k.input)
     if previous is not None:        # pushed with --continue: resume our previous version's run
-        run = runtime.working_copy(previous, k, data)
+        run = driver.working_copy(previous, k, data)
         return [["train", "--resume", str(run), "--runs-dir", str(k.working / "runs")]]
     return [["train", "--data", str(data), "--preset", k.preset, *k.set_args(),
              "--runs-dir", str(k.working / "runs"), *k.preflight_args()]]
 
 
 if __name__ == "__main__":
-    code = runtime.main(steps)
+    code = driver.main(steps)
     if code:             # exit only on failure: a notebook-style runner treats SystemExit(0) as an error
         sys.exit(code)

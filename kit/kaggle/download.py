@@ -55,8 +55,8 @@ def fetch_zip(download_dir: Path) -> Path:
 
 
 def print_summary(data_dir: Path) -> None:
-    """The label summary of an unpacked data set (kit.labels)."""
-    from kit import labels
+    """The label summary of an unpacked data set (kit.data.labels)."""
+    from kit.data import labels
 
     labels_df = labels.read_labels(data_dir / paths.TRAIN_LABELS)
     classes_path = data_dir / paths.CLASS_INFO

@@ -17,9 +17,14 @@ from pathlib import Path
 
 from kit import io, paths
 from kit.errors import KitError
-from kit.kaggle import bundle, runtime
+from kit.kaggle import bundle
 from kit.kaggle.creds import find_credentials, secret_values
 
+# the environment a built kernel script reads (kit.flow.kernel): preset, --set overrides, budget
+PRESET_ENV, SET_ENV, BUDGET_ENV = "KIT_PRESET", "KIT_SET", "KIT_TIME_BUDGET"
+# Kaggle stops a GPU session at 9 h (12 h is also cited): the flow plans to end by 8 h 15 m,
+# leaving 45 min for Kaggle's start-up, saving /kaggle/working and estimation error
+DEFAULT_BUDGET = "8h15m"
 KERNELS_DIR = paths.ROOT / "kernels"
 BUILD_DIR = KERNELS_DIR / "build"
 REQUIRED = ("id", "title", "code_file", "language", "kernel_type", "is_private", "enable_gpu",
@@ -148,14 +153,14 @@ def _build_env(preset: str | None, overrides: list[str], time_budget: str | None
     if preset or overrides:
         get_preset(preset or "kaggle", overrides)          # a bad preset/--set fails now
     if preset:
-        env[runtime.PRESET_ENV] = preset
+        env[PRESET_ENV] = preset
     if overrides:
-        env[runtime.SET_ENV] = json.dumps(overrides)
+        env[SET_ENV] = json.dumps(overrides)
     if time_budget:
         from kit.budget import parse_duration
 
         parse_duration(time_budget)
-        env["KIT_TIME_BUDGET"] = time_budget
+        env[BUDGET_ENV] = time_budget
     return env
 
 
@@ -185,7 +190,7 @@ def _add_build(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config overrides baked into the kernel, e.g. --set folds=5 --set fold=2")
     p.add_argument("--time-budget", default=None, metavar="DURATION",
-                   help=f"the kernel's budget (default {runtime.DEFAULT_BUDGET}: a 9 h session "
+                   help=f"the kernel's budget (default {DEFAULT_BUDGET}: a 9 h session "
                         "with margin)")
     p.add_argument("--suffix", default=None,
                    help="a separate kernel <slug>-<suffix> (e.g. fold2), so several run at once")
@@ -270,4 +275,4 @@ def run_kernels(args: argparse.Namespace) -> int:
         return _status(args)
     from kit.kaggle.outputs import fetch_output
 
-    return fetch_output(args)
+    return fetch_output(args, kernel_ref(args.name, args.owner, args.build_dir))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from kit import io
 from kit.errors import KitError
-from kit.kaggle.runtime import run_order
+from kit.runs import run_order
 
 RUN_FILES = ("raw_val.csv", "raw_test.csv", "postprocess.json", "config.json")
 RECORD = "kernel.json"
@@ -60,12 +60,11 @@ def _version(args: argparse.Namespace) -> int | None:
     return None
 
 
-def fetch_output(args: argparse.Namespace) -> int:
-    """Download, register and rename into place; prints what is there and what to run next."""
+def fetch_output(args: argparse.Namespace, ref: str) -> int:
+    """Download kernel ``ref`` ("owner/slug"; ``kernels output``'s arguments say which version,
+    pattern and folder), register and rename into place; prints what is there and what to run next."""
     from kit.kaggle import api
-    from kit.kaggle.kernels import kernel_ref
 
-    ref = kernel_ref(args.name, args.owner, args.build_dir)
     version = _version(args)
     label = args.name.replace("/", "-")
     dest = Path(args.runs_dir) / f"kaggle-{label}-{version if version is not None else 'latest'}"

@@ -225,3 +225,10 @@ class Config:
         text = "\n".join(lines)
         print(text)
         return text
+
+
+def config_from(fields: dict[str, Any], name: str = "RSNAConfig") -> Config:
+    """A validated Config subclass instance with ``fields`` (e.g. ``RunConfig.mrcnn_fields()``)."""
+    cfg = type(name, (Config,), dict(fields))()
+    cfg.validate()
+    return cfg

@@ -19,7 +19,7 @@ import math
 import keras
 import numpy as np
 
-from kit.mrcnn import utils
+from kit.mrcnn import molding, utils
 from kit.mrcnn.augment import Augmentation, takes_seed
 
 INPUT_NAMES = ("input_image", "input_image_meta", "input_rpn_match", "input_rpn_bbox",
@@ -66,7 +66,7 @@ def load_image_gt(dataset: utils.Dataset, config, image_id: int,
     active_class_ids[dataset.source_class_ids[source]] = 1
     if config.USE_MINI_MASK:
         mask = utils.minimize_mask(bbox, mask, config.MINI_MASK_SHAPE)
-    image_meta = utils.compose_image_meta(image_id, original_shape, image.shape, window, scale,
+    image_meta = molding.compose_image_meta(image_id, original_shape, image.shape, window, scale,
                                           active_class_ids)
     return image, image_meta, class_ids, bbox, mask
 
@@ -286,7 +286,7 @@ class DataGenerator(keras.utils.PyDataset):
         gt_masks = np.zeros((*masks.shape[:2], limit), np.uint8)
         gt_masks[:, :, :n] = masks
         out = {
-            "input_image": utils.mold_image(image.astype(np.float32), config).astype(np.float32),
+            "input_image": molding.mold_image(image.astype(np.float32), config).astype(np.float32),
             "input_image_meta": np.asarray(meta, np.float32),
             "input_rpn_match": rpn_match[:, None],
             "input_rpn_bbox": rpn_bbox,

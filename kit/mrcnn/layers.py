@@ -69,7 +69,7 @@ def norm_boxes_graph(boxes: tf.Tensor, shape: tf.Tensor) -> tf.Tensor:
 
 
 def parse_image_meta_graph(meta: tf.Tensor) -> dict[str, tf.Tensor]:
-    """Graph twin of utils.parse_image_meta (float32 parts of a (B, META) tensor)."""
+    """Graph twin of molding.parse_image_meta (float32 parts of a (B, META) tensor)."""
     return {"image_id": meta[:, 0], "original_image_shape": meta[:, 1:4],
             "image_shape": meta[:, 4:7], "window": meta[:, 7:11], "scale": meta[:, 11],
             "active_class_ids": meta[:, 12:]}
@@ -154,7 +154,7 @@ class NormBoxes(GraphLayer):
 
 
 class ParseImageMeta(GraphLayer):
-    """One named part of the image meta [B, META] (see utils.compose_image_meta)."""
+    """One named part of the image meta [B, META] (see molding.compose_image_meta)."""
 
     _WIDTHS = {"image_id": 1, "original_image_shape": 3, "image_shape": 3, "window": 4,
                "scale": 1}

@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers as KL
 
-from kit.mrcnn import utils, weights
+from kit.mrcnn import molding, utils, weights
 from kit.mrcnn.backbone import fpn_graph, resnet_graph
 from kit.mrcnn.config import IMAGE_CLASS_LOSS, Config
 from kit.mrcnn.data import IMAGE_CLASS_INPUT
@@ -172,12 +172,12 @@ def anchors_of(config: Config) -> np.ndarray:
                                           config.RPN_ANCHOR_STRIDE)
 
 
-def _walk(model: keras.Model):
+def walk_layers(model: keras.Model):
     """Every layer, recursing into nested models (rpn_model)."""
     for layer in model.layers:
         yield layer
         if isinstance(layer, keras.Model):
-            yield from _walk(layer)
+            yield from walk_layers(layer)
 
 
 class MaskRCNN:
@@ -262,7 +262,7 @@ class MaskRCNN:
         moving statistics whatever this says; its gamma/beta follow the regex.
         """
         self.keras_model.trainable = True
-        for layer in _walk(self.keras_model):
+        for layer in walk_layers(self.keras_model):
             if isinstance(layer, keras.Model):
                 layer.trainable = True
                 continue
@@ -271,15 +271,15 @@ class MaskRCNN:
             layer.trainable = bool(re.fullmatch(layer_regex, layer.name))
             if verbose > 0 and layer.trainable:
                 log.info("trainable: %-20s (%s)", layer.name, type(layer).__name__)
-        for layer in _walk(self.keras_model):   # a container with no trainable layer inside
+        for layer in walk_layers(self.keras_model):   # a container with no trainable layer inside
             if isinstance(layer, keras.Model):
-                inner = [sub for sub in _walk(layer) if sub.weights and sub.trainable]
+                inner = [sub for sub in walk_layers(layer) if sub.weights and sub.trainable]
                 if not inner:
                     layer.trainable = False
 
     def get_trainable_layers(self) -> list:
         """Layers with weights that will train (nested models expanded)."""
-        return [layer for layer in _walk(self.keras_model)
+        return [layer for layer in walk_layers(self.keras_model)
                 if not isinstance(layer, keras.Model) and layer.weights and layer.trainable]
 
     def train(self, train_dataset: utils.Dataset, val_dataset: utils.Dataset,
@@ -312,7 +312,7 @@ class MaskRCNN:
         shape = tuple(int(v) for v in self.config.IMAGE_SHAPE)
         for start in range(0, len(images), batch):
             chunk = list(images[start:start + batch])
-            molded, metas, windows = utils.mold_inputs(chunk, self.config)
+            molded, metas, windows = molding.mold_inputs(chunk, self.config)
             if molded.shape[1:] != shape:
                 raise ValueError(f"molded images are {molded.shape[1:]}, the graph expects "
                                  f"{shape}: use IMAGE_RESIZE_MODE 'square' or images of that size")
@@ -332,7 +332,7 @@ class MaskRCNN:
                 detections, mrcnn_mask, extra = out[0].numpy(), None, out[1:]
             probs = extra[0].numpy().astype(np.float32) if extra else None
             for i, image in enumerate(chunk):
-                result = utils.unmold_detections(
+                result = molding.unmold_detections(
                     detections[i], None if mrcnn_mask is None else mrcnn_mask[i],
                     image.shape, shape, windows[i])
                 if probs is not None:

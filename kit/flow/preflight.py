@@ -16,6 +16,7 @@ import shutil
 import time
 import traceback
 from pathlib import Path
+from typing import Callable
 
 from kit import paths
 from kit.errors import KitError
@@ -24,9 +25,9 @@ from kit.log import say
 
 # what the flow imports, beyond the standard library (a kernel has only Kaggle's image)
 MODULES = ("numpy", "pandas", "PIL", "pydicom", "h5py", "tqdm", "matplotlib", "albumentations",
-           "tensorflow", "keras", "kit.mrcnn.model", "kit.mrcnn.training", "kit.predict",
-           "kit.fusion", "kit.tune", "kit.submission", "kit.report", "kit.callbacks",
-           "kit.image_head")
+           "tensorflow", "keras", "kit.mrcnn.model", "kit.mrcnn.training", "kit.infer.predict",
+           "kit.infer.fusion", "kit.score.tune", "kit.score.submission", "kit.report.report",
+           "kit.train.callbacks", "kit.train.image_head")
 N_IMAGES = 2
 SUBSET = "rsna-kit-preflight"
 DATA = f"{SUBSET}-data"      # the subset's data folder (its cache: data/cache/<DATA>-<size>)
@@ -50,7 +51,7 @@ def environment(data_dir: Path, folders: dict[str, Path]) -> list[str]:
     import pydicom
     import tensorflow as tf
 
-    from kit import dicom
+    from kit.data import dicom
 
     import keras
 
@@ -75,7 +76,7 @@ def environment(data_dir: Path, folders: dict[str, Path]) -> list[str]:
 def make_subset(data_dir: Path, out: Path, n: int = N_IMAGES) -> Path:
     """A data folder in Kaggle's layout with ``n`` train images (positives and negatives
     alternating, label order) and ``n`` test images; the DICOMs are symlinks."""
-    from kit.labels import read_class_info, read_labels, read_sample_submission
+    from kit.data.labels import read_class_info, read_labels, read_sample_submission
 
     labels = read_labels(data_dir / paths.TRAIN_LABELS)
     first = labels.drop_duplicates("patientId")
@@ -108,8 +109,11 @@ def quick_overrides(cfg) -> list[str]:
 
 
 def run_preflight(data_dir: Path, preset: str, overrides: list[str], weights: Path | None,
-                  scratch: Path, working: Path) -> float:
-    """Run the preflight; returns its seconds, or raises KitError with one line."""
+                  scratch: Path, working: Path, flow: Callable[[list[str]], int]) -> float:
+    """Run the preflight; returns its seconds, or raises KitError with one line.
+
+    ``flow`` runs the ``submission`` command on its arguments (kit.flow.submission.run_argv;
+    passed in so this module does not import the flow that imports it)."""
     from kit.config import get_preset
 
     start = time.time()
@@ -128,16 +132,13 @@ def run_preflight(data_dir: Path, preset: str, overrides: list[str], weights: Pa
         make_subset(Path(data_dir), root / DATA)
         cfg = get_preset(preset, overrides)
         step = "flow"
-        from kit.cli import build_parser
-
         argv = ["--data", str(root / DATA), "--preset", preset,
                 "--workdir", str(root), "--new",
                 *[a for o in [*overrides, *quick_overrides(cfg)] for a in ("--set", o)]]
         if weights:
             argv += ["--weights", str(weights)]
         say("preflight: the whole flow on 2 train + 2 test images, 1 step per stage")
-        args = build_parser("submission").parse_args(argv)
-        args._run(args)              # errors propagate: reported below as one line
+        flow(argv)                   # errors propagate: reported below as one line
     except Exception as exc:  # noqa: BLE001  (any failure: one line, traceback to a file)
         trace = Path(working) / "preflight-error.txt"
         write_text(trace, traceback.format_exc())

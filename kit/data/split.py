@@ -16,7 +16,7 @@ import pandas as pd
 from kit import paths
 from kit.errors import KitError
 from kit.io import read_csv, write_csv
-from kit.labels import read_labels
+from kit.data.labels import read_labels
 from kit.paths import default_data_dir
 
 STRATA = ("0", "1", "2", "3+")

@@ -47,7 +47,7 @@ def pooled_features(infer_model, images: Sequence[np.ndarray], flip: bool = True
     import keras
     import tensorflow as tf
 
-    from kit.mrcnn import utils
+    from kit.mrcnn import molding
 
     km = infer_model.keras_model
     extractor = keras.Model(km.inputs[0], km.get_layer(POOL_LAYER).output)
@@ -56,7 +56,7 @@ def pooled_features(infer_model, images: Sequence[np.ndarray], flip: bool = True
     out = []
     for start in range(0, len(views), batch):
         chunk = views[start:start + batch]
-        molded, _, _ = utils.mold_inputs(chunk, infer_model.config)
+        molded, _, _ = molding.mold_inputs(chunk, infer_model.config)
         pad = batch - len(chunk)      # one batch shape: no retrace for the last, short batch
         if pad:
             molded = np.concatenate([molded, np.zeros((pad, *molded.shape[1:]), molded.dtype)])

@@ -17,7 +17,7 @@ Default semantics (DESIGN.md, "The metric", matching the public reference kernel
 in ranked order, each take their best (highest-IoU) still-unmatched ground truth.
 
 Everything is computed in batches of images padded to (images, gt slots, prediction slots);
-the per-prefix tables (:func:`prefix_image_scores`) are what kit.tune sweeps over, so the tuner
+the per-prefix tables (:func:`prefix_image_scores`) are what kit.score.tune sweeps over, so the tuner
 and this metric share one code path.
 """
 from __future__ import annotations
@@ -137,7 +137,7 @@ def match_predictions(batch: Batch, thresholds: np.ndarray = THRESHOLDS, *,
     Default: ground truth in file order takes the first-ranked unmatched prediction with
     IoU >= t. ``strict``: hit is IoU > t. ``by_prediction`` (default: ``strict``): predictions in
     rank order take their highest-IoU unmatched ground truth (first one on equal IoU).
-    Matching a prefix of the ranking gives the prefix of this result (what kit.tune relies on).
+    Matching a prefix of the ranking gives the prefix of this result (what kit.score.tune relies on).
     """
     by_prediction = strict if by_prediction is None else by_prediction
     iou = iou_matrix(batch.gt, batch.boxes)                              # (N, K, P)
@@ -239,3 +239,42 @@ def prf_table(gt: Boxes, preds: Preds, ious: Sequence[float] = PRF_IOUS) -> dict
         f1 = 2 * p * r / (p + r) if p + r else 0.0
         out[float(t)] = {"tp": hits, "fp": fp, "fn": fn, "precision": p, "recall": r, "f1": f1}
     return out
+
+
+# ---- image-level ranking: ROC of P(opacity) against "the image has a box" ----------------
+def roc_curve(positive: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ROC of ``scores`` (higher = more positive) against bool ``positive``: (fpr, tpr), from
+    (0, 0) to (1, 1), one point per distinct score taken as the threshold, highest first
+    (tied scores move both rates at once: a diagonal step). ValueError unless both classes occur.
+    """
+    positive, scores = _two_classes(positive, scores)
+    order = np.argsort(-scores, kind="stable")
+    s, pos = scores[order], positive[order]
+    ends = np.r_[np.flatnonzero(s[1:] != s[:-1]), len(s) - 1]      # last row of each score
+    tp, fp = np.cumsum(pos)[ends], np.cumsum(~pos)[ends]
+    return np.r_[0.0, fp / fp[-1]], np.r_[0.0, tp / tp[-1]]
+
+
+def roc_auc(positive: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC: the Mann-Whitney statistic U / (n_pos n_neg), the chance that a
+    random positive scores above a random negative, ties counting one half. Computed from the
+    mid-ranks of ``scores`` (exact: ranks are halves of integers). ValueError unless both
+    classes occur."""
+    positive, scores = _two_classes(positive, scores)
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    midrank = np.cumsum(counts) - (counts - 1) / 2.0          # 1-based mean rank of each value
+    n_pos = int(positive.sum())
+    n_neg = len(scores) - n_pos
+    u = midrank[inverse][positive].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def _two_classes(positive: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    positive = np.asarray(positive, bool).reshape(-1)
+    scores = np.asarray(scores, np.float64).reshape(-1)
+    if len(positive) != len(scores) or not np.isfinite(scores).all():
+        raise ValueError("ROC needs one finite score per label")
+    if positive.all() or not positive.any():
+        raise ValueError(f"ROC needs positive and negative images (got {int(positive.sum())} "
+                         f"positive of {len(positive)})")
+    return positive, scores

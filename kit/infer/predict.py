@@ -2,7 +2,7 @@
 
 Writes runs/<run>/raw_<split>.csv with columns patientId,score,x,y,w,h: top-left boxes in the
 ORIGINAL 1024-px frame, every detection above the model's low confidence floor. Thresholds are
-applied later, only by kit.postprocess (tuned by ``tune`` on raw_val.csv). When the model has the
+applied later, only by kit.score.postprocess (tuned by ``tune`` on raw_val.csv). When the model has the
 image-level classifier, raw_<split>_images.csv (patientId,p_opacity) holds every predicted
 image's P(Lung Opacity) (mean over the TTA passes). The weights are the run's best checkpoint by
 val_map (best.h5) unless ``--checkpoint last`` or a path says otherwise.
@@ -20,8 +20,12 @@ from tqdm import tqdm
 from kit import paths
 from kit.config import RunConfig
 from kit.errors import KitError
+from kit.infer.fusion import fuse_raw
 from kit.io import write_csv
-from kit.runs import IMAGE_COLUMNS, RAW_COLUMNS, image_scores_path, raw_path, resolve_run
+from kit.runs import (IMAGE_COLUMNS, RAW_COLUMNS, VAL_IDS, image_scores_path, raw_path, read_ids,
+                      resolve_run)
+
+FLIP_IOU = 0.5     # WBF IoU that joins a box and its flipped-pass twin
 
 
 def add_predict_args(p: argparse.ArgumentParser) -> None:
@@ -62,30 +66,23 @@ def unflip(rois: np.ndarray, side: int) -> np.ndarray:
     return rois
 
 
-def fuse(rois_list: list[np.ndarray], scores_list: list[np.ndarray], side: int,
-         iou_thr: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted box fusion (kit.fusion, numpy: Kaggle's image has no ensemble-boxes) of several
-    detection sets of one image (y1x1y2x2 cache pixels)."""
-    from kit.fusion import weighted_boxes_fusion
-
-    boxes = [np.clip(np.asarray(r, np.float64).reshape(-1, 4)[:, [1, 0, 3, 2]] / side, 0, 1)
-             for r in rois_list]
-    if not sum(len(b) for b in boxes):
-        return np.zeros((0, 4)), np.zeros(0)
-    fused, scores = weighted_boxes_fusion(boxes, [np.asarray(s, np.float64) for s in scores_list],
-                                          iou_thr=iou_thr, skip_box_thr=0.0)
-    fused = np.asarray(fused, dtype=np.float64).reshape(-1, 4) * side
-    return fused[:, [1, 0, 3, 2]], np.asarray(scores, dtype=np.float64)
+def _raw_table(pid: str, rois, scores, side: int) -> pd.DataFrame:
+    """One image's detections (y1x1y2x2 cache pixels) as raw rows (RAW_COLUMNS, 1024-px frame)."""
+    xywh = xyxy_to_raw(rois, side)
+    return pd.DataFrame({"patientId": pid, "score": np.asarray(scores, dtype=np.float64),
+                         "x": xywh[:, 0], "y": xywh[:, 1], "w": xywh[:, 2], "h": xywh[:, 3]},
+                        columns=RAW_COLUMNS)
 
 
 def load_inference_model(run: Path, checkpoint: str = "best"):
     """The run's inference model with the weights ``checkpoint`` names (see checkpoint_of)."""
+    from kit.mrcnn.config import config_from
     from kit.mrcnn.model import MaskRCNN
-    from kit.train import checkpoint_of
+    from kit.runs import checkpoint_of
 
     cfg = RunConfig.load(run / "config.json")
     weights = checkpoint_of(run, checkpoint)
-    model = MaskRCNN(mode="inference", config=cfg.mrcnn_config(), model_dir=str(run))
+    model = MaskRCNN(mode="inference", config=config_from(cfg.mrcnn_fields()), model_dir=str(run))
     model.load_weights(str(weights), by_name=True)
     print(f"predict: weights {weights}")
     return model
@@ -93,10 +90,10 @@ def load_inference_model(run: Path, checkpoint: str = "best"):
 
 def split_ids(run: Path, cfg: RunConfig, split: str, cache) -> list[str]:
     if split == "val":
-        path = run / "val_ids.csv"
+        path = run / VAL_IDS
         if not path.is_file():
             raise KitError(f"{path} is missing: the run was not trained by this kit")
-        return pd.read_csv(path).patientId.astype(str).tolist()
+        return read_ids(path)
     return cache.ids("test")
 
 
@@ -109,7 +106,7 @@ def detect_raw(model, images: list[np.ndarray], ids: list[str], side: int,
     weighted box fusion; P(Lung Opacity) is the mean of the passes. The image table is empty
     when the model has no image-level classifier."""
     batch = batch or model.config.BATCH_SIZE
-    rows: list[pd.DataFrame] = []
+    passes: list[list[pd.DataFrame]] = [[], []]      # raw tables of the plain and flipped passes
     image_rows: list[tuple[str, float]] = []
     steps = range(0, len(ids), batch)
     for i in (tqdm(steps, desc=progress, unit="batch") if progress else steps):
@@ -118,18 +115,21 @@ def detect_raw(model, images: list[np.ndarray], ids: list[str], side: int,
         flipped = model.detect([im[:, ::-1] for im in pics], masks=False) if tta == "flip" \
             else [None] * len(chunk)
         for pid, r, f in zip(chunk, found, flipped):
-            rois = np.asarray(r.get("boxes", r["rois"]), dtype=np.float64)   # unrounded
-            scores = np.asarray(r["scores"], dtype=np.float64)
-            passes = [r] if f is None else [r, f]
-            if "image_probs" in r:
-                image_rows.append((pid, float(np.mean([p["image_probs"][0] for p in passes]))))
+            rois = r.get("boxes", r["rois"])      # unrounded boxes when the model gives them
+            passes[0].append(_raw_table(pid, rois, r["scores"], side))
             if f is not None:
-                rois, scores = fuse([rois, unflip(f.get("boxes", f["rois"]), side)],
-                                    [scores, np.asarray(f["scores"], dtype=np.float64)], side)
-            xywh = xyxy_to_raw(rois, side)
-            rows.append(pd.DataFrame({"patientId": pid, "score": scores, "x": xywh[:, 0],
-                                      "y": xywh[:, 1], "w": xywh[:, 2], "h": xywh[:, 3]}))
-    raw = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=RAW_COLUMNS)
+                passes[1].append(_raw_table(pid, unflip(f.get("boxes", f["rois"]), side),
+                                            f["scores"], side))
+            if "image_probs" in r:
+                both = [r] if f is None else [r, f]
+                image_rows.append((pid, float(np.mean([p["image_probs"][0] for p in both]))))
+    tables = [pd.concat(t, ignore_index=True) if t else pd.DataFrame(columns=RAW_COLUMNS)
+              for t in passes]
+    raw = tables[0]
+    if tta == "flip":    # one WBF entry point (kit.infer.fusion.fuse_raw), image order kept
+        raw = fuse_raw(tables, iou_thr=FLIP_IOU)
+        order = {pid: k for k, pid in enumerate(ids)}
+        raw = raw.iloc[np.argsort(raw["patientId"].map(order).to_numpy(), kind="stable")]
     raw = raw[(raw.w > 0) & (raw.h > 0)][RAW_COLUMNS].round(
         {"score": 5, "x": 1, "y": 1, "w": 1, "h": 1})
     image_scores = pd.DataFrame(image_rows, columns=IMAGE_COLUMNS).round({"p_opacity": 5})
@@ -140,8 +140,8 @@ def predict(run: Path, split: str, tta: str | None = None, batch: int | None = N
             model=None) -> Path:
     """Detect on every image of ``split``; writes raw_<split>.csv (and raw_<split>_images.csv
     when the model classifies images); returns the raw table's path."""
-    from kit.cache import prepare
-    from kit.dataset import as_rgb
+    from kit.data.prepare import prepare
+    from kit.data.prepare import as_rgb
 
     cfg = RunConfig.load(run / "config.json")
     tta = tta or cfg.tta

@@ -181,3 +181,10 @@ def run_labels(args: argparse.Namespace) -> int:
     for name, n in rows:
         print(f"{name:<40}{n:>8,}")
     return 0
+
+
+def image_classes(class_info) -> dict[str, int]:
+    """patientId -> index of its class in kit.data.labels.CLASSES (the classifier's output order:
+    0 = Lung Opacity), from the validated stage_2_detailed_class_info.csv table."""
+    index = {name: i for i, name in enumerate(CLASSES)}
+    return {str(pid): index[c] for pid, c in zip(class_info["patientId"], class_info["class"])}

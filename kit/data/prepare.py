@@ -27,10 +27,11 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from kit import dicom, paths
+from kit import paths
+from kit.data import dicom
 from kit.errors import KitError
 from kit.io import write_csv, write_json
-from kit.labels import read_labels, read_sample_submission
+from kit.data.labels import read_labels, read_sample_submission
 from kit.paths import default_data_dir
 
 SPLITS = {"train": paths.TRAIN_IMAGES, "test": paths.TEST_IMAGES}
@@ -212,3 +213,8 @@ def run_prepare(args: argparse.Namespace) -> int:
     counts = ", ".join(f"{len(cache.ids(s)):,} {s}" for s in splits)
     print(f"prepared {counts} images at {cache.size} px in {cache.path}")
     return 0
+
+
+def as_rgb(gray: np.ndarray) -> np.ndarray:
+    """uint8 (H, W) -> uint8 (H, W, 3): the network (and COCO weights) take three channels."""
+    return np.repeat(gray[..., None], 3, axis=-1)

@@ -30,12 +30,12 @@ def copy_weights(source: keras.Model, target: keras.Model) -> int:
     """Copy every weighted layer of ``target`` from the same-named layer of ``source``
     (nested models walked); returns the number of layers copied. Names that the training
     graph lacks raise KeyError: both models must be built from one config."""
-    from kit.mrcnn.model import _walk
+    from kit.mrcnn.model import walk_layers
 
-    by_name = {layer.name: layer for layer in _walk(source)
+    by_name = {layer.name: layer for layer in walk_layers(source)
                if not isinstance(layer, keras.Model) and layer.weights}
     n = 0
-    for layer in _walk(target):
+    for layer in walk_layers(target):
         if isinstance(layer, keras.Model) or not layer.weights:
             continue
         layer.set_weights(by_name[layer.name].get_weights())
@@ -46,7 +46,7 @@ def copy_weights(source: keras.Model, target: keras.Model) -> int:
 def quick_map(raw, gt: dict[str, np.ndarray]) -> tuple[float, float]:
     """(best mAP, its score threshold) over QUICK_THRESHOLDS, box scale 1, up to 4 boxes, no
     image gate: a fixed, cheap post-processing so epochs compare on the competition metric."""
-    from kit.tune import sweep
+    from kit.score.tune import sweep
 
     result = sweep(raw, gt, thresholds=QUICK_THRESHOLDS, scales=(1.0,), max_boxes=(4,),
                    image_thresholds=(0.0,))
@@ -86,7 +86,7 @@ class EpochMetric(keras.callbacks.Callback):
     def measure(self) -> float:
         """Detect time per image (seconds, one pass) on one full batch, after a warm-up call
         (detect pads a short batch, so a partial one would overstate the time per image)."""
-        from kit.predict import detect_raw
+        from kit.infer.predict import detect_raw
 
         n = self.infer_model.config.BATCH_SIZE
         pool = self.ids or self.probe_ids
@@ -100,7 +100,7 @@ class EpochMetric(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         from kit.mrcnn.weights import save_weights
-        from kit.predict import detect_raw
+        from kit.infer.predict import detect_raw
 
         if not self.ids:
             return

@@ -7,7 +7,7 @@ validation sets decide the mode:
 * ``folds`` (pairwise disjoint val sets, e.g. ``--set folds=5 fold=0..4``): raw_val.csv is the
   members' out-of-fold tables concatenated and val_ids.csv their union;
 * ``shared-val`` (identical val sets, e.g. other seeds or backbones): raw_val.csv is their
-  weighted box fusion (kit.fusion.fuse_raw) and val_ids.csv that one set;
+  weighted box fusion (kit.infer.fusion.fuse_raw) and val_ids.csv that one set;
 * anything else (val sets that partly overlap) is refused.
 
 raw_test.csv is always the fusion of the members' test tables. The image classifier's scores
@@ -35,7 +35,7 @@ import pandas as pd
 from kit import paths
 from kit.config import RunConfig
 from kit.errors import KitError
-from kit.fusion import check_weights, fuse_raw
+from kit.infer.fusion import check_weights, fuse_raw
 from kit.io import write_csv, write_json
 from kit.runs import IMAGE_COLUMNS, RAW_COLUMNS, image_scores_path, raw_path, resolve_run
 
@@ -54,7 +54,7 @@ class Member:
 
 def load_member(run: Path) -> Member:
     """A member run's config and val ids (KitError naming the file when one is missing)."""
-    from kit.postprocess import read_ids
+    from kit.runs import read_ids
 
     for name in ("config.json", "val_ids.csv", "raw_val.csv", "raw_test.csv"):
         if not (run / name).is_file():
@@ -99,7 +99,7 @@ def check_members(members: Sequence[Member]) -> str:
 
 
 def _read_member_raw(m: Member, split: str, ids: set[str] | None) -> pd.DataFrame:
-    from kit.postprocess import read_raw
+    from kit.runs import read_raw
 
     path = raw_path(m.run, split)
     raw = read_raw(path)
@@ -114,7 +114,7 @@ def _read_member_raw(m: Member, split: str, ids: set[str] | None) -> pd.DataFram
 def _image_table(members: Sequence[Member], split: str, concat: bool,
                  weights: np.ndarray) -> pd.DataFrame | None:
     """raw_<split>_images.csv of the ensemble, or None when a member has none."""
-    from kit.postprocess import read_image_scores
+    from kit.runs import read_image_scores
 
     paths_ = [image_scores_path(m.run, split) for m in members]
     if not all(p.is_file() for p in paths_):

@@ -1,4 +1,5 @@
-"""What a kernel script runs inside a Kaggle session (and locally against a fake /kaggle/input).
+"""The in-kernel driver: what a kernel script runs inside a Kaggle session (and locally against a
+fake /kaggle/input).
 
 A kernel entry script (kernels/<name>/kernel.py) defines ``steps(k) -> list[argv]`` and calls
 ``runtime.main(steps)``; each argv is run with ``kit.cli.main`` in order. Folders come from
@@ -22,7 +23,6 @@ import importlib.metadata
 import json
 import os
 import platform
-import re
 import shutil
 import sys
 import tempfile
@@ -33,12 +33,11 @@ from typing import Callable, Sequence
 
 from kit import paths
 from kit.errors import KitError
+from kit.kaggle.kernels import BUDGET_ENV, DEFAULT_BUDGET, PRESET_ENV, SET_ENV
+from kit.runs import checkpoints, run_order
 
 INPUT_ENV, WORKING_ENV, SCRATCH_ENV = "KIT_KAGGLE_INPUT", "KIT_KAGGLE_WORKING", "KIT_KAGGLE_SCRATCH"
-PRESET_ENV, RUN_ENV, SET_ENV, PREFLIGHT_ENV = "KIT_PRESET", "KIT_RUN", "KIT_SET", "KIT_PREFLIGHT"
-# Kaggle stops a GPU session at 9 h (12 h is also cited): the flow plans to end by 8 h 15 m,
-# leaving 45 min for Kaggle's start-up, saving /kaggle/working and estimation error
-DEFAULT_BUDGET = "8h15m"
+RUN_ENV, PREFLIGHT_ENV = "KIT_RUN", "KIT_PREFLIGHT"
 DEFAULT_INPUT, DEFAULT_WORKING, DEFAULT_PRESET = Path("/kaggle/input"), Path("/kaggle/working"), "kaggle"
 SEARCH_DEPTH = 4   # folder levels below the input root searched for data and run folders
 
@@ -143,14 +142,8 @@ def find_previous_run(root: Path) -> Path | None:
     """The newest run folder with a checkpoint in the attached inputs (the train kernel's own
     previous output when pushed with --continue), or None."""
     found = _shallow_find(Path(root), lambda p: (p / "config.json").is_file()
-                          and any(p.rglob("mask_rcnn_*.h5")), SEARCH_DEPTH + 1)
+                          and bool(checkpoints(p)), SEARCH_DEPTH + 1)
     return max(found, key=run_order) if found else None
-
-
-def run_order(run: Path) -> tuple[str, str]:
-    """Sort key of run folders, newest last: the <YYYYmmdd-HHMMSS> stamp in the name, then the name."""
-    stamp = re.search(r"\d{8}-\d{6}", run.name)
-    return (stamp.group(0) if stamp else "", run.name)
 
 
 def working_copy(run: Path, k: KernelPaths, data_dir: Path) -> Path:
@@ -191,7 +184,6 @@ def main(steps: Callable[[KernelPaths], list[list[str]]],
          argv: Sequence[str] | None = None) -> int:
     """Resolve folders, print versions, then run each step with ``kit.cli.main``; exit code."""
     from kit import cli
-
     from kit.budget import Budget, format_duration
     from kit.log import quiet_native_logs, say
 
@@ -199,7 +191,7 @@ def main(steps: Callable[[KernelPaths], list[list[str]]],
 
     try:
         k = parse_args(argv)
-        budget = Budget.start(os.environ.get("KIT_TIME_BUDGET") or DEFAULT_BUDGET)
+        budget = Budget.start(os.environ.get(BUDGET_ENV) or DEFAULT_BUDGET)
     except KitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""The embedded synthetic data set: RSNA-like chest films in the exact Kaggle layout.
+"""Command ``demo-data``: the embedded synthetic data set, RSNA-like films in Kaggle's layout.
 
 ``python -m kit demo-data --out data/demo`` writes stage_2_train_images/, stage_2_test_images/,
 the three Kaggle CSVs and demo_test_labels.csv (the hidden test ground truth, same format as the
@@ -28,7 +28,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from kit import dicom, paths
+from kit import paths
+from kit.data import dicom
 from kit.errors import KitError
 from kit.io import write_text
 

@@ -10,6 +10,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from kit.mrcnn import utils
+from kit.data.prepare import as_rgb
 from kit.paths import IMAGE_SIZE
 
 EMPTY = np.zeros((0, 4), dtype=np.float64)
@@ -27,24 +28,10 @@ def boxes_to_masks(boxes_xywh: np.ndarray, side: int) -> np.ndarray:
     return masks
 
 
-def image_classes(class_info) -> dict[str, int]:
-    """patientId -> index of its class in kit.labels.CLASSES (the classifier's output order:
-    0 = Lung Opacity), from the validated stage_2_detailed_class_info.csv table."""
-    from kit.labels import CLASSES
-
-    index = {name: i for i, name in enumerate(CLASSES)}
-    return {str(pid): index[c] for pid, c in zip(class_info["patientId"], class_info["class"])}
-
-
-def as_rgb(gray: np.ndarray) -> np.ndarray:
-    """uint8 (H, W) -> uint8 (H, W, 3): the network (and COCO weights) take three channels."""
-    return np.repeat(gray[..., None], 3, axis=-1)
-
-
 class RSNADataset(utils.Dataset):
     """One class ("Lung Opacity"); images come from ``load_gray(patientId) -> uint8 (S, S)``.
 
-    ``image_classes`` (patientId -> index in kit.labels.CLASSES) feeds the image-level
+    ``image_classes`` (patientId -> index in kit.data.labels.CLASSES) feeds the image-level
     classifier; an image without one gets -1 (no classifier loss)."""
 
     def __init__(self, load_gray: Callable[[str], np.ndarray], side: int,

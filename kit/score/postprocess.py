@@ -5,7 +5,7 @@ h]`` in pixels of the ORIGINAL 1024-px image, unthresholded, any number of rows 
 Image scores (kit.runs.IMAGE_COLUMNS, ``raw_<split>_images.csv`` beside it): ``patientId,
 p_opacity``, the image classifier's P(Lung Opacity) of every predicted image.
 
-:meth:`PostProcess.apply` runs, per image, in this order (kit.tune sweeps exactly this):
+:meth:`PostProcess.apply` runs, per image, in this order (kit.score.tune sweeps exactly this):
 
 1. classifier gate: drop every box of an image whose ``p_opacity < opacity_threshold``
    (0, the default, turns it off and needs no image scores);
@@ -31,9 +31,9 @@ import pandas as pd
 
 from kit import paths
 from kit.errors import KitError
-from kit.io import read_csv, write_json
-from kit.metric import iou_matrix, rank_order
-from kit.runs import IMAGE_COLUMNS, RAW_COLUMNS
+from kit.io import write_json
+from kit.score.metric import iou_matrix, rank_order
+from kit.runs import RAW_COLUMNS
 
 Preds = dict[str, tuple[np.ndarray, np.ndarray]]   # patientId -> (scores (n,), boxes (n,4) xywh)
 
@@ -176,69 +176,3 @@ def scale_boxes(boxes: np.ndarray, scale: float, side: int = paths.IMAGE_SIZE) -
     return np.column_stack([x1, y1, x2 - x1, y2 - y1])
 
 
-def read_raw(path: str | Path) -> pd.DataFrame:
-    """A raw detections CSV (RAW_COLUMNS), checked row by row; KitError names file, row, field.
-
-    Scores must lie in [0, 1], w and h must be > 0, and each box must overlap the 1024-px frame.
-    """
-    path = Path(path)
-    raw = read_csv(path, RAW_COLUMNS, dtype={"patientId": str}, keep_default_na=False,
-                   not_found="raw detections not found: run `python -m kit predict` first")
-    raw = raw[RAW_COLUMNS].copy()
-
-    def fail(bad: np.ndarray, field: str, message: str) -> None:
-        if bad.any():
-            raise KitError(message, path=path, row=int(np.flatnonzero(bad)[0]) + 2, field=field)
-
-    fail((raw["patientId"].str.strip() == "").to_numpy(), "patientId", "empty patientId")
-    for column in RAW_COLUMNS[1:]:
-        values = pd.to_numeric(raw[column], errors="coerce").astype("float64")
-        fail(~np.isfinite(values.to_numpy()), column, "not a number")
-        raw[column] = values
-    s, x, y, w, h = (raw[c].to_numpy() for c in RAW_COLUMNS[1:])
-    fail((s < 0) | (s > 1), "score", "score must be in [0, 1]")
-    fail(w <= 0, "w", "w must be > 0")
-    fail(h <= 0, "h", "h must be > 0")
-    side = paths.IMAGE_SIZE
-    fail((x >= side) | (x + w <= 0), "x", f"box lies outside the {side}-px frame")
-    fail((y >= side) | (y + h <= 0), "y", f"box lies outside the {side}-px frame")
-    return raw
-
-
-def read_image_scores(path: str | Path) -> dict[str, float]:
-    """An image scores CSV (IMAGE_COLUMNS) -> patientId -> p_opacity; KitError names file, row,
-    field (empty or duplicate patientId, p_opacity not a number or outside [0, 1])."""
-    path = Path(path)
-    df = read_csv(path, IMAGE_COLUMNS, dtype={"patientId": str}, keep_default_na=False,
-                  not_found="image scores not found: run `python -m kit predict` first")
-    ids = df["patientId"].str.strip()
-    p = pd.to_numeric(df["p_opacity"], errors="coerce").to_numpy(np.float64)
-    for bad, field, message in [((ids == "").to_numpy(), "patientId", "empty patientId"),
-                                (ids.duplicated().to_numpy(), "patientId", "duplicate patientId"),
-                                (~np.isfinite(p), "p_opacity", "not a number"),
-                                ((p < 0) | (p > 1), "p_opacity", "p_opacity must be in [0, 1]")]:
-        if bad.any():
-            raise KitError(message, path=path, row=int(np.flatnonzero(bad)[0]) + 2, field=field)
-    return dict(zip(ids, p.tolist()))
-
-
-def image_scores_beside(raw_path: str | Path) -> dict[str, float] | None:
-    """The image scores next to a raw table, or None when there is no such file (runs predicted
-    before the image classifier existed). ``runs/<run>/raw_val.csv`` -> ``raw_val_images.csv``
-    (kit.runs.image_scores_path); any ``X.csv`` -> ``X_images.csv``."""
-    raw_path = Path(raw_path)
-    path = raw_path.with_name(f"{raw_path.stem}_images.csv")
-    return read_image_scores(path) if path.exists() else None
-
-
-def read_ids(path: str | Path) -> list[str]:
-    """patientIds of a one-column CSV such as runs/<run>/val_ids.csv (header ``patientId``)."""
-    path = Path(path)
-    df = read_csv(path, ["patientId"], not_found="id list not found", dtype=str,
-                  keep_default_na=False)
-    ids = df["patientId"].str.strip()
-    bad = (ids == "") | ids.duplicated()
-    if bad.any():
-        raise KitError("empty or duplicate patientId", path=path,
-                       row=int(np.flatnonzero(bad.to_numpy())[0]) + 2, field="patientId")
-    return ids.tolist()

@@ -90,7 +90,7 @@ def plot_history(history: pd.DataFrame, out: Path) -> None:
 
 def plot_roc(fpr: np.ndarray, tpr: np.ndarray, auc: float, n_pos: int, n_neg: int,
              out: Path) -> None:
-    """roc.png: the image classifier's ROC curve (kit.evaluate.roc_curve) with its AUC."""
+    """roc.png: the image classifier's ROC curve (kit.score.metric.roc_curve) with its AUC."""
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.plot(fpr, tpr, color="tab:purple", label=f"AUC {auc:.4f}")
     ax.plot([0, 1], [0, 1], ":", color="gray", label="chance")

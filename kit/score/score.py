@@ -9,7 +9,7 @@ Baselines on the same images: ``none`` (no box anywhere) and ``center`` (one fix
 size of a typical opacity box; it is fixed rather than fitted so it never sees the scored labels).
 
 The image classifier (``raw_<split>_images.csv``: P(Lung Opacity) per image) is scored by its
-ROC AUC against "the image has a box": :func:`roc_auc`, :func:`roc_curve`, pure numpy.
+ROC AUC against "the image has a box" (kit.score.metric.roc_auc).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import pandas as pd
 from kit import paths
 from kit.errors import KitError
 from kit.io import write_csv
-from kit.metric import PRF_IOUS, Score, prf_table, score_dataset
+from kit.score.metric import PRF_IOUS, Score, prf_table, roc_auc, score_dataset
 
 CENTER_BOX = np.array([[312.0, 312.0, 400.0, 400.0]])
 
@@ -40,47 +40,9 @@ def baseline_preds(kind: str, ids: list[str]) -> dict[str, tuple[np.ndarray, np.
     raise KitError(f"unknown baseline {kind!r}; choose none or center")
 
 
-def roc_curve(positive: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """ROC of ``scores`` (higher = more positive) against bool ``positive``: (fpr, tpr), from
-    (0, 0) to (1, 1), one point per distinct score taken as the threshold, highest first
-    (tied scores move both rates at once: a diagonal step). ValueError unless both classes occur.
-    """
-    positive, scores = _two_classes(positive, scores)
-    order = np.argsort(-scores, kind="stable")
-    s, pos = scores[order], positive[order]
-    ends = np.r_[np.flatnonzero(s[1:] != s[:-1]), len(s) - 1]      # last row of each score
-    tp, fp = np.cumsum(pos)[ends], np.cumsum(~pos)[ends]
-    return np.r_[0.0, fp / fp[-1]], np.r_[0.0, tp / tp[-1]]
-
-
-def roc_auc(positive: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC: the Mann-Whitney statistic U / (n_pos n_neg), the chance that a
-    random positive scores above a random negative, ties counting one half. Computed from the
-    mid-ranks of ``scores`` (exact: ranks are halves of integers). ValueError unless both
-    classes occur."""
-    positive, scores = _two_classes(positive, scores)
-    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
-    midrank = np.cumsum(counts) - (counts - 1) / 2.0          # 1-based mean rank of each value
-    n_pos = int(positive.sum())
-    n_neg = len(scores) - n_pos
-    u = midrank[inverse][positive].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
-
-
-def _two_classes(positive: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    positive = np.asarray(positive, bool).reshape(-1)
-    scores = np.asarray(scores, np.float64).reshape(-1)
-    if len(positive) != len(scores) or not np.isfinite(scores).all():
-        raise ValueError("ROC needs one finite score per label")
-    if positive.all() or not positive.any():
-        raise ValueError(f"ROC needs positive and negative images (got {int(positive.sum())} "
-                         f"positive of {len(positive)})")
-    return positive, scores
-
-
 def pick_labels(ids: list[str], labels: Path | None, data: Path | None) -> tuple[Path, dict]:
     """The label file whose ids cover ``ids`` and its ground truth (patientId -> (k,4) xywh)."""
-    from kit.labels import boxes_by_patient, read_labels
+    from kit.data.labels import boxes_by_patient, read_labels
     from kit.paths import default_data_dir
 
     if labels is not None:
@@ -105,11 +67,12 @@ def pick_labels(ids: list[str], labels: Path | None, data: Path | None) -> tuple
 def load_predictions(path: Path, raw: bool, ids_path: Path | None) -> tuple[dict, list[str]]:
     """(predictions, ids to score) of a submission or a raw table."""
     if not raw:
-        from kit.submission import read_submission
+        from kit.score.submission import read_submission
 
         preds = read_submission(path)
         return preds, list(preds)
-    from kit.postprocess import raw_arrays, read_ids, read_raw
+    from kit.score.postprocess import raw_arrays
+    from kit.runs import read_ids, read_raw
 
     pid, scores, boxes = raw_arrays(read_raw(path))
     groups = pd.Series(np.arange(len(pid))).groupby(pid, sort=False).indices
@@ -142,7 +105,7 @@ def _run_of(path: Path) -> tuple[str, str]:
 def classifier_summary(raw_path: Path, gt: dict) -> dict:
     """{"classifier": {"auc", "images"}} for the scored images that have a p_opacity in the
     image scores beside a raw table; {} when it has none. auc None: one class only."""
-    from kit.postprocess import image_scores_beside
+    from kit.runs import image_scores_beside
 
     image_scores = image_scores_beside(raw_path)
     if image_scores is None:
@@ -219,7 +182,7 @@ def run_score(args: argparse.Namespace) -> int:
             print(f"{t:5.2f} {c['tp']:6d} {c['fp']:6d} {c['fn']:6d} {c['precision']:9.4f} "
                   f"{c['recall']:7.4f} {c['f1']:6.4f}")
     if not (args.raw or args.strict or args.no_leaderboard):
-        from kit import leaderboard
+        from kit.score import leaderboard
 
         run, post = _run_of(Path(args.submission))
         row = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "file": str(args.submission),

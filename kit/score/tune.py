@@ -5,11 +5,11 @@ The grid is box_scale x score_threshold x max_boxes x image_threshold x opacity_
 image scores, raw_val_images.csv, else it stays 0). Every setting is scored with the
 competition metric, vectorised across settings:
 
-* with the predictions of an image ranked once (kit.metric's ranking), every setting keeps a
+* with the predictions of an image ranked once (kit.score.metric's ranking), every setting keeps a
   PREFIX of that ranking: L = min(#scores >= threshold, max_boxes), or 0 when the image fails
   a gate (NMS commutes with the score threshold, so it runs first);
-* matching a prefix gives the prefix of the full matching (kit.metric.match_predictions), so
-  per box scale ONE matching yields the image score for every L (kit.metric.prefix_image_scores);
+* matching a prefix gives the prefix of the full matching (kit.score.metric.match_predictions), so
+  per box scale ONE matching yields the image score for every L (kit.score.metric.prefix_image_scores);
 * the gates only choose, per image, between its score at L and its score at 0 (0 when it has
   ground truth, excluded when not), and both are thresholds: an image passes the g smallest
   box-score gates and the o smallest classifier gates. Per box scale, images are summed into
@@ -32,9 +32,9 @@ from tqdm import tqdm
 
 from kit import paths
 from kit.errors import KitError
-from kit.metric import make_batch, match_predictions, prefix_image_scores
-from kit.postprocess import (PostProcess, image_scores_beside, nms_mask, opacity_of, raw_arrays,
-                             read_ids, read_raw, scale_boxes)
+from kit.score.metric import make_batch, match_predictions, prefix_image_scores
+from kit.score.postprocess import PostProcess, nms_mask, opacity_of, raw_arrays, scale_boxes
+from kit.runs import image_scores_beside, read_ids, read_raw
 
 THRESHOLDS = tuple(round(0.01 * i, 2) for i in range(100))          # 0.00 .. 0.99
 SCALES = tuple(round(0.775 + 0.025 * i, 3) for i in range(10))      # 0.775 .. 1.0
@@ -250,7 +250,7 @@ SMALL_VAL_POSITIVES = 200      # fewer positive images than this: tune warns its
 
 
 def run_tune(args: argparse.Namespace) -> int:
-    from kit.labels import boxes_by_patient, read_labels
+    from kit.data.labels import boxes_by_patient, read_labels
 
     raw_path, labels_path, ids_path = _inputs(args)
     raw = read_raw(raw_path)

@@ -1,4 +1,4 @@
-"""Submission CSVs: write / read / validate, and the commands ``validate`` and ``submit``.
+"""Submission CSVs: write / read / validate, and the command ``validate`` (``submit``: kit.score.submit).
 
 Format (Kaggle's): header ``patientId,PredictionString``; one row per test image;
 PredictionString = ``conf x y w h conf x y w h ...`` (top-left x, y and w, h in pixels of the
@@ -139,7 +139,7 @@ def validate_submission(path: str | Path, sample_path: str | Path | None = None)
     path = Path(path)
     sample_ids = None
     if sample_path is not None:
-        from kit.labels import read_sample_submission
+        from kit.data.labels import read_sample_submission
 
         sample_ids = read_sample_submission(sample_path)["patientId"].tolist()
     try:
@@ -149,7 +149,7 @@ def validate_submission(path: str | Path, sample_path: str | Path | None = None)
     return frame_problems(df, path, sample_ids)
 
 
-def _sample_path(args: argparse.Namespace, data_dir: Path | None = None) -> Path | None:
+def sample_path_of(args: argparse.Namespace, data_dir: Path | None = None) -> Path | None:
     if getattr(args, "sample", None):
         return Path(args.sample)
     from kit.paths import default_data_dir
@@ -168,7 +168,7 @@ def add_validate_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    sample = _sample_path(args)
+    sample = sample_path_of(args)
     if sample is None:
         print("note: no sample submission found: checking the format only (pass --sample)")
     problems = validate_submission(args.submission, sample)
@@ -178,59 +178,4 @@ def run_validate(args: argparse.Namespace) -> int:
         print(f"error: {len(problems)} problem(s) in {args.submission}", file=sys.stderr)
         return 2
     print(f"OK: {len(_load(args.submission))} rows")
-    return 0
-
-
-def add_submit_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run", default="latest", help="run folder, name or 'latest'")
-    p.add_argument("--runs-dir", type=Path, default=paths.RUNS_DIR)
-    p.add_argument("--out", type=Path, default=None, help="default: submissions/<run>.csv")
-    p.add_argument("--data", type=Path, default=None,
-                   help=f"data folder holding {paths.SAMPLE_SUBMISSION} (default: the run's "
-                        "data_dir, else data/rsna if present, else data/demo)")
-    p.add_argument("--force", action="store_true", help="overwrite a different existing --out")
-    p.add_argument("--kaggle", action="store_true", help="also submit the file to Kaggle")
-    p.add_argument("-m", "--message", default=None, help="Kaggle submission message")
-
-
-def run_submit(args: argparse.Namespace) -> int:
-    from kit.labels import read_sample_submission
-    from kit.postprocess import PostProcess, image_scores_beside, read_raw
-    from kit.runs import resolve_run
-
-    run = resolve_run(args.run, args.runs_dir)
-    raw = read_raw(run / "raw_test.csv")
-    image_scores = image_scores_beside(run / "raw_test.csv")      # None: a run from before
-    post = PostProcess.from_json(run / "postprocess.json")
-    data_dir = None
-    if (run / "config.json").is_file():
-        from kit.config import RunConfig
-
-        data_dir = RunConfig.load(run / "config.json").data_dir or None
-    sample_path = _sample_path(argparse.Namespace(sample=None, data=args.data), data_dir)
-    if sample_path is None:
-        raise KitError("no sample submission found: pass --data DIR (the folder holding "
-                       f"{paths.SAMPLE_SUBMISSION})")
-    ids = read_sample_submission(sample_path)["patientId"].tolist()
-    strays = sorted(set(raw["patientId"]) - set(ids))
-    if strays:
-        raise KitError(f"{len(strays)} patientIds are not test images of {sample_path} (first: "
-                       f"{strays[0]!r}); predict on this data set's test split", path=run / "raw_test.csv")
-    frame = submission_frame(post.apply(raw, image_scores), ids)
-    out = Path(args.out or paths.SUBMISSIONS_DIR / f"{run.name}.csv")
-    problems = frame_problems(frame, out, ids)
-    if problems:
-        raise KitError(f"the generated submission is invalid: {problems[0]}")
-    text = frame.to_csv(index=False, lineterminator="\n")
-    if out.is_file() and out.read_text() != text and not args.force:
-        raise KitError("exists and differs from this run's submission: pass --force to overwrite "
-                       "or --out to write elsewhere", path=out)
-    write_csv(out, frame, lineterminator="\n")
-    n_boxes = sum(len(s.split()) // 5 for s in frame["PredictionString"])
-    n_pos = int((frame["PredictionString"] != "").sum())
-    print(f"wrote {out}: {len(frame)} images, {n_pos} with boxes, {n_boxes} boxes ({post})")
-    if args.kaggle:
-        from kit.kaggle.api import submit
-
-        submit(out, args.message or f"rsna-kit {run.name}")
     return 0

@@ -1,6 +1,6 @@
 """``report``: a run's pictures and the study's results table, gathered in runs/<run>/report.md.
 
-Pictures (drawn by kit.plots):
+Pictures (drawn by kit.report.plots):
 
 * curves.png: training curves from history.csv (total loss and each part, train vs val);
 * results.png: the results table of every run under the same runs/ folder, as bars + table;
@@ -26,7 +26,7 @@ from kit import paths
 from kit.config import RunConfig
 from kit.errors import KitError
 from kit.io import read_csv, write_text
-from kit.plots import IOUS, plot_detections, plot_history, plot_results, plot_roc
+from kit.report.plots import IOUS, plot_detections, plot_history, plot_results, plot_roc
 from kit.runs import resolve_run
 
 RESULT_FILES = ("raw_val.csv", "postprocess.json", "val_ids.csv")
@@ -52,8 +52,8 @@ def val_ground_truth(run: Path, labels_memo: dict | None = None
                      ) -> tuple[RunConfig, list[str], dict[str, np.ndarray]]:
     """(config, val ids, their ground truth) from config.json, val_ids.csv and the labels of the
     run's data_dir (<data_dir>/stage_2_train_labels.csv). ``labels_memo`` shares parsed labels."""
-    from kit.labels import boxes_by_patient, read_labels
-    from kit.postprocess import read_ids
+    from kit.data.labels import boxes_by_patient, read_labels
+    from kit.runs import read_ids
 
     run = Path(run)
     cfg = RunConfig.load(run / "config.json")
@@ -78,7 +78,8 @@ def load_val_results(run: Path, labels_memo: dict | None = None) -> ValResults:
     raw_val_images.csv when postprocess.json gates on the classifier). Val images without any
     detection get empty predictions.
     """
-    from kit.postprocess import PostProcess, image_scores_beside, read_raw
+    from kit.score.postprocess import PostProcess
+    from kit.runs import image_scores_beside, read_raw
 
     run = Path(run)
     cfg, ids, gt = val_ground_truth(run, labels_memo)
@@ -99,8 +100,8 @@ def load_val_results(run: Path, labels_memo: dict | None = None) -> ValResults:
 def classifier_section(run: Path) -> tuple[list[str], str | None]:
     """report.md lines on the image classifier (ROC AUC on validation, roc.png drawn) and the
     reason roc.png could not be made; ([], None) when the run has no raw_val_images.csv."""
-    from kit.evaluate import roc_auc, roc_curve
-    from kit.postprocess import image_scores_beside
+    from kit.score.metric import roc_auc, roc_curve
+    from kit.runs import image_scores_beside
     from kit.runs import image_scores_path
 
     if not image_scores_path(run, "val").is_file():
@@ -133,7 +134,7 @@ def classifier_section(run: Path) -> tuple[list[str], str | None]:
 
 def best_box_scores(raw_path: Path, ids: Sequence[str]) -> np.ndarray:
     """Each image's highest raw detection score (0 for an image without a detection)."""
-    from kit.postprocess import read_raw
+    from kit.runs import read_raw
 
     best = read_raw(raw_path).groupby("patientId")["score"].max()
     return np.array([float(best.get(pid, 0.0)) for pid in ids])
@@ -167,10 +168,10 @@ def results_table(runs: Sequence[Path]) -> pd.DataFrame:
     """One row per run that has raw_val.csv + postprocess.json + val_ids.csv (others skipped).
 
     Columns: run, backbone, layers, augmentation (yes/no), images, then P@t, R@t, F1@t for
-    t in 0.25 / 0.5 / 0.75 (post-processed val detections, :func:`kit.metric.prf_table`) and
-    mAP (:func:`kit.metric.score_dataset`).
+    t in 0.25 / 0.5 / 0.75 (post-processed val detections, :func:`kit.score.metric.prf_table`) and
+    mAP (:func:`kit.score.metric.score_dataset`).
     """
-    from kit.metric import prf_table, score_dataset
+    from kit.score.metric import prf_table, score_dataset
 
     rows, memo = [], {}
     for run in runs:
@@ -207,8 +208,8 @@ def pick_examples(res: ValResults, n: int = N_SHOWN, n_pos: int = N_POSITIVES) -
 def val_images(cfg: RunConfig, ids: Sequence[str]) -> list[np.ndarray]:
     """uint8 (S, S) images of ``ids`` at the run's size: from the prepared cache when it holds
     them, else decoded from <data_dir>/stage_2_train_images/ (a report never prepares a cache)."""
-    from kit import dicom
-    from kit.cache import Cache, default_cache_dir
+    from kit.data import dicom
+    from kit.data.prepare import Cache, default_cache_dir
 
     data_dir = Path(cfg.data_dir or paths.default_data_dir())
     cache_dir = default_cache_dir(data_dir, cfg.image_size)
@@ -221,7 +222,7 @@ def val_images(cfg: RunConfig, ids: Sequence[str]) -> list[np.ndarray]:
 
 def draw_val_examples(res: ValResults, out: Path) -> None:
     """detections.png: the :func:`pick_examples` images, GT vs post-processed predictions."""
-    from kit.metric import image_score
+    from kit.score.metric import image_score
 
     chosen = pick_examples(res)
     titles = []

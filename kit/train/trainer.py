@@ -1,4 +1,5 @@
-"""``train``: prepare -> split -> RSNA dataset -> Mask R-CNN schedule stages -> checkpoints.
+"""The trainer behind ``train``: prepare -> split -> RSNA dataset -> Mask R-CNN schedule stages ->
+checkpoints (the command line is kit.flow.train, which may run the preflight first).
 
 runs/<run>/ gets config.json, train_ids.csv, val_ids.csv, checkpoints/mask_rcnn_*.h5,
 history.csv and curves.png. ``--resume RUN`` continues from the run's last checkpoint at the
@@ -6,7 +7,6 @@ epoch after it (a run killed mid-epoch loses at most that epoch).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
 from pathlib import Path
@@ -16,51 +16,19 @@ import pandas as pd
 
 from kit import paths
 from kit import budget as B
-from kit.budget import Budget, add_budget_arg
-from kit.config import PRESETS, RunConfig, get_preset
+from kit.budget import Budget
+from kit.config import RunConfig, get_preset
 from kit.errors import KitError
 from kit.io import write_csv, write_json
 from kit.log import say
-from kit.preflight import add_preflight_args
-from kit.runs import BEST_WEIGHTS, TRAIN_STATE, new_run_dir, resolve_run, trained_epochs
-from kit.split import split_patients
+from kit.runs import (TRAIN_IDS, TRAIN_STATE, VAL_IDS, checkpoint_of, checkpoints, new_run_dir,
+                      read_ids, resolve_run, trained_epochs)
+from kit.data.split import split_patients
 
 if TYPE_CHECKING:
-    from kit.callbacks import BudgetMeter
+    from kit.train.callbacks import BudgetMeter
 
 COCO_HEAD_LAYERS = ["mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_bbox", "mrcnn_mask"]
-
-
-def add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default=None, choices=list(PRESETS),
-                   help="named configuration (default: demo on CPU, kaggle on a GPU)")
-    p.add_argument("--data", type=Path, default=None,
-                   help="data folder in Kaggle's layout (default: data/rsna, else data/demo)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set image_size=256 (repeatable)")
-    p.add_argument("--resume", metavar="RUN", help="continue RUN (a name, a path or 'latest')")
-    p.add_argument("--weights", type=Path, default=None,
-                   help="initial weights file (e.g. mask_rcnn_coco.h5) for init=coco")
-    p.add_argument("--runs-dir", type=Path, default=paths.RUNS_DIR)
-    add_budget_arg(p)
-    add_preflight_args(p, "--runs-dir")
-
-
-def run_train(args: argparse.Namespace) -> int:
-    from kit.budget import from_arg
-
-    budget = from_arg(args.time_budget)
-    if args.preflight and args.resume:
-        say("preflight skipped: a resumed run already ran its flow once")
-    elif args.preflight:
-        from kit.preflight import run_preflight
-
-        run_preflight(Path(args.data or paths.default_data_dir()), args.preset or default_preset(),
-                      args.set, args.weights, args.scratch or args.runs_dir, args.runs_dir)
-    run = train(preset=args.preset, data_dir=args.data, overrides=args.set, resume=args.resume,
-                weights=args.weights, runs_dir=args.runs_dir, budget=budget)
-    print(f"run: {run}")
-    return 0
 
 
 def default_preset() -> str:
@@ -73,9 +41,9 @@ def load_run_data(cfg: RunConfig, run: Path):
     """The prepared cache (train and test images), boxes, image classes and the run's split
     (written on first use, reused on resume): a seeded n_val split, or fold ``fold`` of
     ``folds`` stratified patient folds."""
-    from kit.cache import prepare
-    from kit.dataset import image_classes
-    from kit.labels import boxes_by_patient, read_class_info, read_labels
+    from kit.data.prepare import prepare
+    from kit.data.labels import image_classes
+    from kit.data.labels import boxes_by_patient, read_class_info, read_labels
 
     data_dir = Path(cfg.data_dir)
     cache = prepare(data_dir, cfg.image_size, splits=("train", "test"))
@@ -83,19 +51,18 @@ def load_run_data(cfg: RunConfig, run: Path):
     boxes = boxes_by_patient(labels)
     classes = (image_classes(read_class_info(data_dir / paths.CLASS_INFO))
                if cfg.image_classifier and (data_dir / paths.CLASS_INFO).is_file() else {})
-    if not (run / "val_ids.csv").is_file():
+    if not (run / VAL_IDS).is_file():
         cached = set(cache.ids("train"))
         usable = labels[labels.patientId.isin(cached)]
         if cfg.folds:
-            from kit.split import fold_split
+            from kit.data.split import fold_split
 
             train_ids, val_ids = fold_split(usable, cfg.folds, cfg.fold, seed=cfg.split_seed)
         else:
             train_ids, val_ids = split_patients(usable, n_val=cfg.n_val, seed=cfg.split_seed)
-        write_csv(run / "train_ids.csv", pd.DataFrame({"patientId": list(train_ids)}))
-        write_csv(run / "val_ids.csv", pd.DataFrame({"patientId": list(val_ids)}))
-    train_ids = pd.read_csv(run / "train_ids.csv").patientId.astype(str).tolist()
-    val_ids = pd.read_csv(run / "val_ids.csv").patientId.astype(str).tolist()
+        write_csv(run / TRAIN_IDS, pd.DataFrame({"patientId": list(train_ids)}))
+        write_csv(run / VAL_IDS, pd.DataFrame({"patientId": list(val_ids)}))
+    train_ids, val_ids = read_ids(run / TRAIN_IDS), read_ids(run / VAL_IDS)
     return cache, boxes, classes, train_ids, val_ids
 
 
@@ -142,9 +109,11 @@ def train(preset: str | None = None, data_dir: Path | None = None,
         cfg.save(run / "config.json")
 
     cache, boxes, classes, train_ids, val_ids = load_run_data(cfg, run)
-    from kit.callbacks import BudgetMeter, EpochMetric, subset_ids
-    from kit.dataset import RSNADataset, as_rgb
+    from kit.train.callbacks import BudgetMeter, EpochMetric, subset_ids
+    from kit.train.dataset import RSNADataset
+    from kit.data.prepare import as_rgb
     from kit.mrcnn.augment import albumentations_augmentation
+    from kit.mrcnn.config import config_from
     from kit.mrcnn.model import MaskRCNN
 
     train_ds = RSNADataset(cache.load, cache.size, train_ids, boxes, classes)
@@ -156,7 +125,7 @@ def train(preset: str | None = None, data_dir: Path | None = None,
     import tensorflow as tf
 
     gpus = len(tf.config.list_physical_devices("GPU"))
-    mcfg = cfg.mrcnn_config(gpu_count=max(gpus, 1))   # MirroredStrategy over >1 GPU
+    mcfg = config_from(cfg.mrcnn_fields(gpu_count=max(gpus, 1)))   # MirroredStrategy over >1 GPU
     if not cfg.steps_per_epoch:     # 0: one pass over the images per epoch
         mcfg.STEPS_PER_EPOCH = max(1, len(train_ids) // mcfg.BATCH_SIZE)
     if not cfg.validation_steps:
@@ -165,7 +134,8 @@ def train(preset: str | None = None, data_dir: Path | None = None,
     if not gpus:   # same seed, same history on a CPU (no measurable cost); on a GPU TensorFlow
         tf.config.experimental.enable_op_determinism()   # has no deterministic CropAndResize grad
     model = MaskRCNN(mode="training", config=mcfg, model_dir=str(run))
-    checkpoint = _last_checkpoint(model) if resume else None
+    found = checkpoints(run) if resume else []
+    checkpoint = str(found[-1]) if found else None
     if checkpoint:
         model.load_weights(checkpoint, by_name=True)
         say(f"resuming from {checkpoint} at epoch {model.epoch + 1}")
@@ -173,7 +143,7 @@ def train(preset: str | None = None, data_dir: Path | None = None,
         init_weights(model, cfg, weights)
 
     t_build = time.time()
-    infer = MaskRCNN(mode="inference", config=cfg.mrcnn_config(), model_dir=str(run))
+    infer = MaskRCNN(mode="inference", config=config_from(cfg.mrcnn_fields()), model_dir=str(run))
     metric = EpochMetric(model, infer, subset_ids(val_ids, cfg.val_map_images, cfg.seed),
                          lambda pid: as_rgb(cache.load(pid)), boxes, cache.size, run,
                          probe_ids=train_ids)
@@ -241,11 +211,11 @@ def train(preset: str | None = None, data_dir: Path | None = None,
 
 
 def _refit_ids(cfg: RunConfig, train_ids: list[str], classes: dict[str, int]) -> list[str]:
-    """The training images the image head is refitted on (see kit.image_head); none when the
+    """The training images the image head is refitted on (see kit.train.image_head); none when the
     run has no image head, the refit is off or no image has a class."""
     if not (cfg.image_classifier and cfg.image_head_refit and classes):
         return []
-    from kit.image_head import pick_ids
+    from kit.train.image_head import pick_ids
 
     return pick_ids(train_ids, classes, cfg.image_head_refit, cfg.seed)
 
@@ -255,7 +225,7 @@ def _refit_head(run: Path, infer, ids: list[str], classes: dict[str, int], load_
     """Refit the image head of the checkpoint predict uses (best.h5, else the newest epoch)."""
     if not ids:
         return None
-    from kit.image_head import refit_image_head
+    from kit.train.image_head import refit_image_head
 
     t0 = time.time()
     weights = checkpoint_of(run, "best")
@@ -285,35 +255,12 @@ def _plan(budget: Budget, meter: BudgetMeter, cfg: RunConfig, done: int, schedul
     return steps
 
 
-def _last_checkpoint(model) -> str | None:
-    try:
-        return model.find_last()
-    except FileNotFoundError:
-        return None
-
-
 def _finish_history(run: Path, model) -> None:
     """Copy the training log next to config.json and draw the curves."""
     log = Path(model.log_dir) / "history.csv"
     if log.is_file() and log.resolve() != (run / "history.csv").resolve():
         write_csv(run / "history.csv", pd.read_csv(log))
     if (run / "history.csv").is_file():
-        from kit.plots import plot_history
+        from kit.report.plots import plot_history
 
         plot_history(pd.read_csv(run / "history.csv"), run / "curves.png")
-
-
-def checkpoint_of(run: Path, which: str = "last") -> Path:
-    """A run's weights: ``last`` = the newest epoch checkpoint (searched recursively),
-    ``best`` = best.h5 (best val_map; the newest checkpoint when the run has none), else a path."""
-    if which not in ("best", "last"):
-        path = Path(which)
-        if not path.is_file():
-            raise KitError("checkpoint not found (use best, last or a .h5 file)", path=path)
-        return path
-    if which == "best" and (Path(run) / BEST_WEIGHTS).is_file():
-        return Path(run) / BEST_WEIGHTS
-    found = sorted(Path(run).rglob("mask_rcnn_*.h5"))
-    if not found:
-        raise KitError(f"no checkpoint (mask_rcnn_*.h5) under {run}: train it first")
-    return found[-1]

@@ -17,8 +17,8 @@ from kit.budget import add_budget_arg
 from kit.config import PRESETS, RunConfig, get_preset
 from kit.errors import KitError
 from kit.log import say
-from kit.preflight import add_preflight_args
-from kit.runs import TRAIN_STATE, trained_epochs
+from kit.flow.preflight import add_preflight_args
+from kit.runs import TRAIN_STATE, checkpoint_of, trained_epochs, val_ids
 
 
 def add_submission_args(p: argparse.ArgumentParser) -> None:
@@ -53,7 +53,7 @@ def ensure_data(data: Path | None) -> Path:
     print(f"data: no Kaggle data in {paths.RSNA_DIR} (see `make data`); using the EMBEDDED "
           f"SYNTHETIC demo data set in {paths.DEMO_DIR} - its scores are not leaderboard scores")
     if not (paths.DEMO_DIR / paths.TRAIN_LABELS).is_file():
-        from kit.synth import make_dataset
+        from kit.data.demo import make_dataset
 
         make_dataset(paths.DEMO_DIR, **DEMO_DATA)
     return paths.DEMO_DIR
@@ -82,14 +82,25 @@ def _newer(path: Path, *than: Path) -> bool:
                                   for t in than if t.is_file())
 
 
-def _cli(*argv: str | Path) -> None:
-    from kit.cli import main
-
+def _step(module, command: str, *argv: str | Path) -> None:
+    """Run one command's own ``run_<command>`` on ``argv`` parsed by its own parser (the command
+    modules, not kit.cli); a non-zero exit fails the flow."""
+    stem = command.replace("-", "_")
+    parser = argparse.ArgumentParser(prog=f"python -m kit {command}")
+    getattr(module, f"add_{stem}_args")(parser)
     start = time.time()
-    code = main([str(a) for a in argv])
+    code = getattr(module, f"run_{stem}")(parser.parse_args([str(a) for a in argv]))
     if code:
-        raise KitError(f"step `python -m kit {' '.join(map(str, argv))}` failed (exit {code})")
-    say(f"step {argv[0]} took {time.time() - start:.0f} s")
+        raise KitError(f"step `python -m kit {command} {' '.join(map(str, argv))}` failed "
+                       f"(exit {code})")
+    say(f"step {command} took {time.time() - start:.0f} s")
+
+
+def run_argv(argv: list[str]) -> int:
+    """``submission`` on a command line's arguments (the preflight's 2-image flow)."""
+    parser = argparse.ArgumentParser(prog="python -m kit submission")
+    add_submission_args(parser)
+    return run_submission(parser.parse_args(argv))
 
 
 def training_finished(run: Path, cfg: RunConfig) -> bool:
@@ -111,7 +122,7 @@ def run_submission(args: argparse.Namespace) -> int:
     if args.workdir:
         runs_dir, subs_dir = Path(args.workdir) / "runs", Path(args.workdir) / "submissions"
     data_dir = ensure_data(args.data)
-    from kit.train import default_preset, train
+    from kit.train.trainer import default_preset, train
 
     preset = args.preset or default_preset()
     cfg = dataclasses.replace(get_preset(preset, args.set), data_dir=str(data_dir))
@@ -119,11 +130,11 @@ def run_submission(args: argparse.Namespace) -> int:
         say(f"time budget {format_duration(budget.seconds)} for the whole flow "
             f"({format_duration(budget.left())} left)")
     if args.preflight:
-        from kit.preflight import run_preflight
+        from kit.flow.preflight import run_preflight
 
         work = Path(args.workdir) if args.workdir else runs_dir
         run_preflight(data_dir, preset, args.set, args.weights,
-                      Path(args.scratch) if args.scratch else work, work)
+                      Path(args.scratch) if args.scratch else work, work, flow=run_argv)
     run = None if args.new else find_unfinished(runs_dir, cfg)
     if run is None:
         run = train(preset=preset, data_dir=data_dir, overrides=args.set, weights=args.weights,
@@ -134,20 +145,25 @@ def run_submission(args: argparse.Namespace) -> int:
     else:
         say(f"resuming unfinished run {run} (training already finished)")
 
-    weights = max(Path(run).rglob("*.h5"), key=lambda p: p.stat().st_mtime)
+    from kit.infer import predict
+    from kit.report import report
+    from kit.score import score, submit, tune
+
+    weights = checkpoint_of(run, "best")     # what predict uses (best.h5, else the newest epoch)
     if not (_newer(run / "raw_val.csv", weights) and _newer(run / "raw_test.csv", weights)):
-        _cli("predict", "--run", run, "--split", "all")
+        _step(predict, "predict", "--run", run, "--split", "all")
     if not _newer(run / "postprocess.json", run / "raw_val.csv"):
-        _cli("tune", "--run", run)
+        _step(tune, "tune", "--run", run)
     sub = subs_dir / f"{run.name}.csv"
-    _cli("submit", "--run", run, "--out", sub, "--force")
+    _step(submit, "submit", "--run", run, "--out", sub, "--force")
     val_sub = write_val_submission(run)
     board = ("--leaderboard", subs_dir / "leaderboard.csv")
-    _cli("score", "--submission", val_sub, "--labels", data_dir / paths.TRAIN_LABELS, *board)
+    _step(score, "score", "--submission", val_sub, "--labels", data_dir / paths.TRAIN_LABELS,
+          *board)
     test_labels = data_dir / paths.DEMO_TEST_LABELS
     if test_labels.is_file():   # the demo's hidden test ground truth: score the real submission
-        _cli("score", "--submission", sub, "--labels", test_labels, *board)
-    _cli("report", "--run", run, "--runs-dir", runs_dir)
+        _step(score, "score", "--submission", sub, "--labels", test_labels, *board)
+    _step(report, "report", "--run", run, "--runs-dir", runs_dir)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(sub, Path(args.out).with_suffix(".tmp"))
@@ -164,12 +180,12 @@ def run_submission(args: argparse.Namespace) -> int:
 
 def write_val_submission(run: Path) -> Path:
     """The tuned post-processing applied to raw_val.csv, as a submission over the val images."""
-    import pandas as pd
 
-    from kit.postprocess import PostProcess, image_scores_beside, read_raw
-    from kit.submission import write_submission
+    from kit.score.postprocess import PostProcess
+    from kit.runs import image_scores_beside, read_raw
+    from kit.score.submission import write_submission
 
-    ids = pd.read_csv(run / "val_ids.csv").patientId.astype(str).tolist()
+    ids = val_ids(run)
     preds = PostProcess.from_json(run / "postprocess.json").apply(
         read_raw(run / "raw_val.csv"), image_scores_beside(run / "raw_val.csv"))
     out = run / "val_submission.csv"
