@@ -1,4 +1,5 @@
-# rsna-kit. Every target sets up .venv on first use (keyed on requirements.txt's hash and on GPU).
+# rsna-kit. Every target sets up .venv on first use (keyed on the hashes of requirements.txt and
+# constraints.txt, the pinned versions, and on GPU).
 # Each target is one `python -m kit ...` line; `make help` lists them.
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -10,7 +11,7 @@ HASH = $(shell $(PYTHON) -c "import hashlib;print(hashlib.sha256(open('$(1)','rb
 # tensorflow-cpu); GPU=0 or empty: the CPU build. Default: 1 when `nvidia-smi -L` lists a GPU.
 GPU ?= $(shell nvidia-smi -L 2>/dev/null | grep -q '^GPU ' && echo 1)
 GPU_ON := $(filter 1,$(strip $(GPU)))
-STAMP := $(VENV)/.stamp-$(call HASH,requirements.txt)$(if $(GPU_ON),-gpu)
+STAMP := $(VENV)/.stamp-$(call HASH,requirements.txt)-$(call HASH,constraints.txt)$(if $(GPU_ON),-gpu)
 # stamps of the other build: switching builds starts from a fresh .venv
 OTHER_STAMPS = $(if $(GPU_ON),$(filter-out %-gpu,$(wildcard $(VENV)/.stamp-*)),$(filter %-gpu,$(wildcard $(VENV)/.stamp-*)))
 TF_CHECK := $(PY) -c "import tensorflow as tf; print(tf.config.list_physical_devices('\''GPU'\''))"
@@ -36,6 +37,11 @@ SUFFIX ?=
 CONTINUE ?=
 RUNS ?=
 ENSEMBLE ?= ensemble
+SIZE ?=
+TTA ?=
+DIFFICULTY ?=
+WEIGHTS ?= coco
+PORT ?=
 PRESET_ARG := $(if $(PRESET),--preset $(PRESET))
 DATA_ARG := $(if $(DATA),--data $(DATA))
 LABELS_ARG := $(if $(LABELS),--labels $(LABELS))
@@ -44,19 +50,19 @@ SET_ARG := $(foreach item,$(SET),--set $(item))
 KERNEL_ARGS := $(PRESET_ARG) $(SET_ARG) $(BUDGET_ARG) $(if $(SUFFIX),--suffix $(SUFFIX)) \
 	$(if $(filter 1,$(CONTINUE)),--continue)
 
-.PHONY: help setup test submission data demo-data labels prepare train predict tune submit \
-        validate score leaderboard report kernels kernels-push kernels-status kernels-output \
-        kaggle-scores kaggle-env bench bench-peers clean ensemble
+.PHONY: help setup test test-fast lint submission data demo-data labels prepare train predict \
+        tune submit validate score leaderboard report kernels kernels-push kernels-status \
+        kernels-output kaggle-scores kaggle-env bench bench-peers clean ensemble weights view upgrade-pins
 
 help: ## list the targets with what each does
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/' | expand -t 16
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt constraints.txt
 	@echo "setup: installing $(VENV) with the $(if $(GPU_ON),GPU build of TensorFlow (GPU=1),CPU build of TensorFlow (GPU=0)); make setup GPU=1 or GPU=0 forces one"
 	$(if $(OTHER_STAMPS),rm -rf $(VENV))
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -r requirements.txt
+	$(VENV)/bin/pip install -q -r requirements.txt -c constraints.txt
 	$(if $(GPU_ON),$(GPU_SWAP))
 	rm -f $(VENV)/.stamp-*
 	touch $@
@@ -76,8 +82,14 @@ setup: $(STAMP) ## create .venv from requirements.txt (every target does this on
 	else b="tensorflow $$($(VENV)/bin/pip show tensorflow 2>/dev/null | sed -n 's/^Version: //p')$(if $(GPU_ON), (GPU build, CUDA libraries from pip))"; fi; \
 	echo "setup: $(VENV) has $$b; check: "'$(TF_CHECK)'
 
-test: $(STAMP) ## run the test suite
+test: $(STAMP) ## run the whole test suite (what CI runs)
 	$(PY) -m pytest -q
+
+test-fast: $(STAMP) ## the quick part of the suite for a developer's loop (no @slow tests)
+	$(PY) -m pytest -q -m "not slow"
+
+lint: $(STAMP) ## the layering contracts of pyproject.toml (import-linter; make test runs them too)
+	$(VENV)/bin/lint-imports
 
 submission: $(STAMP) ## whole flow on data/rsna, else on the embedded demo data (PRESET= SET= BUDGET=45m)
 	$(PY) -m kit submission $(PRESET_ARG) $(SET_ARG) $(DATA_ARG) $(BUDGET_ARG)
@@ -85,20 +97,20 @@ submission: $(STAMP) ## whole flow on data/rsna, else on the embedded demo data 
 data: $(STAMP) ## download + safely unzip the Kaggle data into data/rsna (needs credentials)
 	$(PY) -m kit data
 
-demo-data: $(STAMP) ## write the embedded synthetic data set into data/demo
-	$(PY) -m kit demo-data --out data/demo
+demo-data: $(STAMP) ## write the embedded synthetic data set into data/demo (DIFFICULTY=rsna: data/demo-rsna)
+	$(PY) -m kit demo-data $(if $(DIFFICULTY),--difficulty $(DIFFICULTY) --out data/demo-$(DIFFICULTY),--out data/demo)
 
 labels: $(STAMP) ## validate the label CSVs and print counts (DATA=...)
 	$(PY) -m kit labels $(DATA_ARG)
 
-prepare: $(STAMP) ## decode + resize DICOMs into data/cache (DATA=...)
-	$(PY) -m kit prepare $(DATA_ARG)
+prepare: $(STAMP) ## decode + resize DICOMs into data/cache (DATA=... SIZE=256)
+	$(PY) -m kit prepare $(DATA_ARG) $(if $(SIZE),--size $(SIZE))
 
 train: $(STAMP) ## train a preset (PRESET=r50-heads SET="seed=1 folds=5 fold=0" BUDGET=...)
 	$(PY) -m kit train $(PRESET_ARG) $(SET_ARG) $(DATA_ARG) $(BUDGET_ARG)
 
-predict: $(STAMP) ## raw detections of RUN for val and test (flip TTA)
-	$(PY) -m kit predict --run $(RUN) --split all --tta flip
+predict: $(STAMP) ## raw detections of RUN for val and test (TTA: the run's, or TTA=none|flip)
+	$(PY) -m kit predict --run $(RUN) --split all $(if $(TTA),--tta $(TTA))
 
 tune: $(STAMP) ## tune post-processing of RUN on its raw val detections
 	$(PY) -m kit tune --run $(RUN)
@@ -106,11 +118,13 @@ tune: $(STAMP) ## tune post-processing of RUN on its raw val detections
 submit: $(STAMP) ## submission CSV of RUN; sends it to Kaggle (needs credentials)
 	$(PY) -m kit submit --run $(RUN) --kaggle -m "$(MSG)"
 
-validate: $(STAMP) ## check SUB=... against the sample submission
+validate: $(STAMP) ## check SUB=... against the sample submission (DATA=...)
+	@test -n "$(SUB)" || { echo "make validate: say which file, e.g. make validate SUB=submissions/RUN.csv" >&2; exit 2; }
 	$(PY) -m kit validate --submission $(SUB) $(DATA_ARG)
 
-score: $(STAMP) ## score SUB=... against LABELS=... (default: the data set's labels)
-	$(PY) -m kit score --submission $(SUB) $(LABELS_ARG) $(DATA_ARG)
+score: $(STAMP) ## score SUB=... against LABELS=... (else DATA=...'s labels, else the data set's)
+	@test -n "$(SUB)" || { echo "make score: say which file, e.g. make score SUB=submissions/RUN.csv" >&2; exit 2; }
+	$(PY) -m kit score --submission $(SUB) $(if $(LABELS),$(LABELS_ARG),$(DATA_ARG))
 
 leaderboard: $(STAMP) ## local leaderboard, best first
 	$(PY) -m kit leaderboard
@@ -118,8 +132,14 @@ leaderboard: $(STAMP) ## local leaderboard, best first
 report: $(STAMP) ## pictures + results table of RUN
 	$(PY) -m kit report --run $(RUN)
 
-kernels: $(STAMP) ## build the Kaggle kernels into kernels/build/
-	$(PY) -m kit kernels build
+view: $(STAMP) ## local page: RUN's films and boxes, post-processing by hand (PORT=8765)
+	$(PY) -m kit view --run $(RUN) $(if $(PORT),--port $(PORT))
+
+weights: $(STAMP) ## download + check initial weights into data/weights (WEIGHTS=coco|imagenet-r50|imagenet-r101)
+	$(PY) -m kit weights $(WEIGHTS)
+
+kernels: $(STAMP) ## build the Kaggle kernels into kernels/build/ (PRESET= SET= BUDGET= SUFFIX=)
+	$(PY) -m kit kernels build $(KERNEL_ARGS)
 
 kernels-push: $(STAMP) ## push kernel NAME (PRESET= SET= BUDGET= SUFFIX=fold2 CONTINUE=1)
 	$(PY) -m kit kernels push $(NAME) $(KERNEL_ARGS)
@@ -149,6 +169,14 @@ $(KAGGLE_STAMP):
 	$(KAGGLE_VENV)/bin/pip install -q --upgrade pip
 	$(KAGGLE_VENV)/bin/pip install -q -r requirements-kaggle.txt
 	touch $@
+
+upgrade-pins: ## re-pin constraints.txt from a fresh venv of requirements.txt alone (then make test)
+	rm -rf .pins-venv && $(PYTHON) -m venv .pins-venv && .pins-venv/bin/pip install -q --upgrade pip
+	.pins-venv/bin/pip install -q -r requirements.txt
+	{ sed -n '1,3p' constraints.txt; echo "# $$($(PYTHON) -V), $$(uname -s) $$(uname -m), $$(date +%F)."; \
+	  .pins-venv/bin/pip freeze | grep -v '^-e'; } > constraints.txt.tmp && mv constraints.txt.tmp constraints.txt
+	rm -rf .pins-venv
+	@echo "constraints.txt re-pinned: run make test, then commit it"
 
 bench-peers: ## torch + torchvision for bench/compare.py, in .bench/venv (never in .venv)
 	$(PYTHON) -m venv .bench/venv && .bench/venv/bin/pip install -q -r bench/requirements.txt
