@@ -60,11 +60,11 @@ def test_dry_run_setup_installs_the_build_nvidia_smi_asks_for(tmp_path, nvidia_s
     bin_dir = fake_bin(tmp_path / "bin", nvidia_smi)
     args = ["-n", "setup", f"VENV={venv}"] + ([gpu_arg] if gpu_arg else [])
     out = make(*args, path_first=bin_dir).stdout
-    assert f"{venv}/bin/pip install -q -r requirements.txt" in out
+    assert f"{venv}/bin/pip install -q -r requirements.txt -c constraints.txt" in out
     assert (GPU_SWAP in out) is want_gpu
     assert (f"{venv}/bin/pip uninstall -y -q tensorflow-cpu" in out) is want_gpu
     assert ('pip install -q --force-reinstall --no-deps "tensorflow==$v"' in out) is want_gpu
-    stamp = f"touch {venv}/.stamp-{req_hash()}" + ("-gpu" if want_gpu else "")
+    stamp = f"touch {venv}/.stamp-{req_hash()}-{req_hash('constraints.txt')}" + ("-gpu" if want_gpu else "")
     assert re.search(rf"^{re.escape(stamp)}$", out, re.MULTILINE), out
     # the GPU line comes after requirements.txt (it swaps the tensorflow-cpu that file installed)
     if want_gpu:
@@ -80,7 +80,7 @@ def test_dry_run_setup_installs_the_build_nvidia_smi_asks_for(tmp_path, nvidia_s
 def test_switching_builds_starts_a_fresh_venv(tmp_path, existing, gpu_arg, rebuilt):
     venv = tmp_path / "venv"
     venv.mkdir()
-    (venv / f".stamp-{req_hash()}{existing}").touch()
+    (venv / f".stamp-{req_hash()}-{req_hash('constraints.txt')}{existing}").touch()
     out = make("-n", "setup", f"VENV={venv}", gpu_arg,
                path_first=fake_bin(tmp_path / "bin", "exit 1")).stdout
     assert (f"rm -rf {venv}\n" in out) is rebuilt
