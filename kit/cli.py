@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Sequence
 
@@ -17,6 +18,7 @@ from kit.errors import KitError
 COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("kit.kaggle.download", "download the competition data from Kaggle and unzip it safely"),
     "demo-data": ("kit.data.demo", "write the embedded synthetic data set in Kaggle's layout"),
+    "weights": ("kit.data.weights", "fetch + check the COCO / ImageNet initial weights into data/weights"),
     "labels": ("kit.data.labels", "validate the label CSVs and print their counts"),
     "split": ("kit.data.split", "patient-level stratified train/val split"),
     "prepare": ("kit.data.prepare", "decode + resize DICOMs into the prepared-image cache"),
@@ -61,6 +63,28 @@ def build_parser(command: str) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; its exit code. A reader that goes away (``... | head``) ends the
+    command quietly with 141 (128 + SIGPIPE, what a shell shows for a killed writer)."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()        # a closed pipe shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        _stdout_to_devnull()
+        return 141
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout's file descriptor at /dev/null so the exit's flush cannot fail again
+    (the recipe of Python's signal module docs, "Note on SIGPIPE")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):     # stdout is not a file (a test's capture): nothing to do
+        pass
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     top = _top_parser()
     if not argv or argv[0] in ("-h", "--help"):

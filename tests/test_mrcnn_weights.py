@@ -1,15 +1,13 @@
-"""kit.mrcnn.weights: legacy Keras-2 HDF5 layout read/write, report, downloads (no network)."""
+"""kit.mrcnn.weights: legacy Keras-2 HDF5 layout read/write and report (fetching the published
+files is kit.data.weights: tests/test_weights_fetch.py)."""
 from __future__ import annotations
 
-import hashlib
 import logging
 
 import h5py
 import keras
 import numpy as np
-import pytest
 
-from kit.errors import KitError
 from kit.mrcnn import weights as W
 from kit.mrcnn.backbone import BatchNorm, resnet_graph
 
@@ -151,37 +149,6 @@ def test_imagenet_names_are_mapped():
     assert W.imagenet_name("conv4_block23_3_bn") == "bn4w_branch2c"
     assert W.imagenet_name("conv3_block2_2_conv") == "res3b_branch2b"
     assert W.imagenet_name("fpn_c5p5") == "fpn_c5p5"
-
-
-def test_download_checks_size_and_md5(tmp_path):
-    source = tmp_path / "remote.bin"
-    source.write_bytes(b"x" * 1000)
-    url = source.as_uri()
-    dest = tmp_path / "weights" / "w.h5"
-    assert W.download_weights(url, dest, size=1000) == dest and dest.stat().st_size == 1000
-    md5 = hashlib.md5(b"x" * 1000).hexdigest()
-    source.write_bytes(b"changed")                  # a verified local copy is not fetched again
-    assert W.download_weights(url, dest, size=1000, md5=md5).read_bytes() == b"x" * 1000
-    bad = tmp_path / "weights" / "bad.h5"
-    with pytest.raises(KitError, match="size 7 bytes, expected 1,000"):
-        W.download_weights(url, bad, size=1000)
-    assert not bad.exists() and not list(bad.parent.glob(".*.tmp"))
-    with pytest.raises(KitError, match="md5"):
-        W.download_weights(url, bad, md5=md5)
-    with pytest.raises(KitError, match="download failed"):
-        W.download_weights((tmp_path / "absent.bin").as_uri(), bad)
-
-
-def test_coco_path_is_found_by_size_and_never_downloaded_unasked(tmp_path):
-    with pytest.raises(KitError, match="mask_rcnn_coco.h5 not found"):
-        W.coco_weights_path(weights_dir=tmp_path)
-    wrong = tmp_path / "mask_rcnn_coco.h5"
-    wrong.write_bytes(b"truncated")
-    with pytest.raises(KitError, match="rejected .*size 9 bytes"):
-        W.coco_weights_path(weights_dir=tmp_path)
-    with open(wrong, "wb") as fh:                    # sparse file of the published size
-        fh.truncate(W.COCO_SIZE)
-    assert W.coco_weights_path(weights_dir=tmp_path) == wrong
 
 
 def test_kit_layers_are_reported_as_new_not_missing(tmp_path):

@@ -121,10 +121,12 @@ def run_submission(args: argparse.Namespace) -> int:
     runs_dir, subs_dir = Path(args.runs_dir), paths.SUBMISSIONS_DIR
     if args.workdir:
         runs_dir, subs_dir = Path(args.workdir) / "runs", Path(args.workdir) / "submissions"
-    data_dir = ensure_data(args.data)
+    from kit.data.weights import init_weights_path
     from kit.train.trainer import default_preset, train
 
     preset = args.preset or default_preset()
+    init_weights_path(get_preset(preset, args.set), args.weights)   # before data, runs, models
+    data_dir = ensure_data(args.data)
     cfg = dataclasses.replace(get_preset(preset, args.set), data_dir=str(data_dir))
     if budget:
         say(f"time budget {format_duration(budget.seconds)} for the whole flow "

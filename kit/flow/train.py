@@ -35,6 +35,11 @@ def run_train(args: argparse.Namespace) -> int:
     from kit.budget import from_arg
 
     budget = from_arg(args.time_budget)
+    if not args.resume:    # the weights first: a missing file fails before the preflight or a run
+        from kit.config import get_preset
+        from kit.data.weights import init_weights_path
+
+        init_weights_path(get_preset(args.preset or default_preset(), args.set), args.weights)
     if args.preflight and args.resume:
         say("preflight skipped: a resumed run already ran its flow once")
     elif args.preflight:

@@ -1,4 +1,4 @@
-"""Weights in the Keras-2 legacy HDF5 layout: load by name with a report, save, download.
+"""Weights in the Keras-2 legacy HDF5 layout: load by name with a report, save.
 
 Layout (Matterport's mask_rcnn_coco.h5, keras.applications files, our checkpoints): the root
 (or a ``model_weights`` group of a full-model save) has attribute ``layer_names`` (possibly
@@ -6,16 +6,14 @@ chunked as layer_names0, layer_names1, ...; bytes or str); each layer is a group
 ``weight_names`` like ``conv1/kernel:0`` and one dataset per name; a nested model (rpn_model) is
 one group whose weight_names are ``rpn_conv_shared/kernel:0`` ... Weights pair up in order
 (kernel, bias / gamma, beta, moving_mean, moving_variance), with shape checks.
-Nothing here downloads unless ``download_weights`` is called.
+Nothing here downloads: the published files (COCO, ImageNet) are fetched and checked by the
+``weights`` command (kit.data.weights), which also tells train where they are.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
-import shutil
-import urllib.request
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -23,19 +21,10 @@ import h5py
 import keras
 import numpy as np
 
-from kit import paths
-from kit.errors import KitError
 from kit.io import atomic_open
 
 log = logging.getLogger(__name__)
 
-COCO_URL = "https://github.com/matterport/Mask_RCNN/releases/download/v2.0/mask_rcnn_coco.h5"
-COCO_SIZE = 257_557_808
-IMAGENET_URL = ("https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
-                "{backbone}_weights_tf_dim_ordering_tf_kernels_notop.h5")
-IMAGENET_MD5 = {"resnet50": "4d473c1dd8becc155b73f8504c6f6626",
-                "resnet101": "88cf7a10940856eca736dc7b7e228a21"}
-WEIGHTS_DIR = paths.DATA / "weights"
 _ATTR_LIMIT = 64512   # HDF5 object header limit: longer attributes are chunked (Keras 2 rule)
 KIT_PREFIX = "kit_"   # the kit's own layers (never in a Matterport file)
 
@@ -186,7 +175,7 @@ def save_weights(keras_model: keras.Model, path: str | os.PathLike) -> None:
                 group.create_dataset(name, data=np.asarray(var.numpy()))
 
 
-# -------------------------------------------------------------------------- weight files
+# ------------------------------------------------------------------ keras.applications names
 def imagenet_name(name: str) -> str:
     """keras.applications ResNet layer name -> Matterport's (conv2_block1_1_conv -> res2a_branch2a)."""
     if name in ("conv1_conv", "conv1_bn"):
@@ -198,74 +187,3 @@ def imagenet_name(name: str) -> str:
     letter = chr(ord("a") + int(block) - 1)
     branch = {"0": "1", "1": "2a", "2": "2b", "3": "2c"}[branch]
     return f"{'res' if kind == 'conv' else 'bn'}{stage}{letter}_branch{branch}"
-
-
-def download_weights(url: str, dest: str | os.PathLike, size: int | None = None,
-                     md5: str | None = None) -> Path:
-    """Fetch ``url`` (http(s) or file://) to ``dest`` unless a verified copy is already there.
-
-    The byte size and/or md5 must match, else KitError and no file is left at ``dest``.
-    """
-    dest = Path(dest)
-    if dest.is_file() and _verify(dest, size, md5) is None:
-        return dest
-    print(f"downloading {url} -> {dest}")
-    try:
-        with urllib.request.urlopen(url) as response, atomic_open(dest, "wb") as fh:
-            shutil.copyfileobj(response, fh, length=1 << 20)
-            fh.flush()
-            problem = _verify(Path(fh.name), size, md5)
-            if problem:
-                raise KitError(f"{problem}; the download is incomplete or not the expected "
-                               "file, delete it and retry", path=url)
-    except OSError as exc:
-        raise KitError(f"download failed ({exc}); on Kaggle switch the notebook's internet "
-                       f"on, or attach the file and pass its path", path=url) from exc
-    return dest
-
-
-def _verify(path: Path, size: int | None, md5: str | None) -> str | None:
-    actual = path.stat().st_size
-    if size is not None and actual != size:
-        return f"size {actual:,} bytes, expected {size:,}"
-    if md5 is not None:
-        digest = hashlib.md5()
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-        if digest.hexdigest() != md5:
-            return f"md5 {digest.hexdigest()}, expected {md5}"
-    return None
-
-
-def coco_weights_path(download: bool = False, weights_dir: Path = WEIGHTS_DIR) -> Path:
-    """mask_rcnn_coco.h5: weights_dir or an attached Kaggle dataset; downloads if asked."""
-    return _find_or_fetch("mask_rcnn_coco.h5", COCO_URL, download, weights_dir, size=COCO_SIZE)
-
-
-def imagenet_weights_path(backbone: str, download: bool = False,
-                          weights_dir: Path = WEIGHTS_DIR) -> Path:
-    """keras.applications ImageNet ResNet (no top); load with ``rename=imagenet_name``."""
-    if backbone not in IMAGENET_MD5:
-        raise KitError(f"no ImageNet weights for backbone {backbone!r}")
-    url = IMAGENET_URL.format(backbone=backbone)
-    return _find_or_fetch(url.rsplit("/", 1)[1], url, download, weights_dir,
-                          md5=IMAGENET_MD5[backbone])
-
-
-def _find_or_fetch(file_name: str, url: str, download: bool, weights_dir: Path,
-                   size: int | None = None, md5: str | None = None) -> Path:
-    candidates = [Path(weights_dir) / file_name, *sorted(Path("/kaggle/input").glob(
-        f"*/{file_name}"))]
-    rejected = []
-    for candidate in candidates:
-        if candidate.is_file():
-            problem = _verify(candidate, size, md5)
-            if problem is None:
-                return candidate
-            rejected.append(f"{candidate} ({problem})")
-    if not download:
-        found = f"; rejected {', '.join(rejected)}" if rejected else ""
-        raise KitError(f"{file_name} not found in {weights_dir}/ or /kaggle/input/*/{found}: "
-                       f"put it there, or allow the download from {url}", path=file_name)
-    return download_weights(url, Path(weights_dir) / file_name, size=size, md5=md5)

@@ -67,19 +67,16 @@ def load_run_data(cfg: RunConfig, run: Path):
 
 
 def init_weights(model, cfg: RunConfig, weights: Path | None) -> dict | None:
-    """Initial weights by name: COCO without the class-specific heads, ImageNet, or none."""
-    from kit.mrcnn import weights as W
+    """Initial weights by name: COCO without the class-specific heads, ImageNet, a file, or none
+    (the file as kit.data.weights.init_weights_path checked it up front)."""
+    from kit.data.weights import init_weights_path
 
-    download = Path("/kaggle/working").is_dir()    # only on Kaggle (internet on) do we fetch
-    if cfg.init == "none":
+    path = init_weights_path(cfg, weights)
+    if path is None:
         return None
-    if cfg.init == "coco":
-        path = weights or W.coco_weights_path(download=download)
-        return model.load_weights(str(path), by_name=True, exclude=COCO_HEAD_LAYERS)
     if cfg.init == "imagenet":
-        path = weights or W.imagenet_weights_path(cfg.backbone, download=download)
         return model.load_weights(str(path), by_name=True)
-    return model.load_weights(cfg.init, by_name=True, exclude=COCO_HEAD_LAYERS)
+    return model.load_weights(str(path), by_name=True, exclude=COCO_HEAD_LAYERS)
 
 
 def train(preset: str | None = None, data_dir: Path | None = None,
@@ -92,14 +89,19 @@ def train(preset: str | None = None, data_dir: Path | None = None,
     kit.budget): after a few measured steps, the running and remaining epochs are shortened
     alike when they would not fit, and training stops at the last step that leaves the reserve.
     runs/<run>/train_state.json says how it ended (complete, or stopped by the budget)."""
+    from kit.data.weights import init_weights_path
+
     if resume:
         if preset or overrides:
             raise KitError("--resume continues a run with its saved config.json; "
                            "drop --preset/--set (start a new run to change them)")
         run = resolve_run(resume, runs_dir)
         cfg = RunConfig.load(run / "config.json")
+        if not checkpoints(run):        # no epoch yet: it starts from the init weights again
+            init_weights_path(cfg, weights)
     else:
         cfg = get_preset(preset or default_preset(), overrides)
+        init_weights_path(cfg, weights)   # a missing/damaged file fails before anything exists
         data_dir = Path(data_dir or paths.default_data_dir())
         if not (data_dir / paths.TRAIN_LABELS).is_file():
             raise KitError(f"no {paths.TRAIN_LABELS} in {data_dir}: run `make data` (Kaggle) "

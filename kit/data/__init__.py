@@ -1,0 +1,6 @@
+"""Stage data: the competition's files in, checked tables and a prepared-image cache out.
+
+labels (label CSVs, validated; ``labels``), dicom (the only pydicom importer), prepare (decode +
+resize into data/cache; ``prepare``), split (patient-level split and folds; ``split``), demo (the
+embedded synthetic data set; ``demo-data``). Imports only the base; never TensorFlow.
+"""
