@@ -33,27 +33,28 @@ _PART = re.compile(r"(\d+(?:\.\d+)?)([hms])")
 def add_budget_arg(p) -> None:
     """``--time-budget DURATION`` on a command's argparse parser."""
     p.add_argument("--time-budget", metavar="DURATION", default=None,
-                   help="wall-clock budget of the whole flow, e.g. 90s, 45m, 8h15m (default: "
-                        f"${BUDGET_ENV}, else none): training leaves predict, tune, submit and "
-                        "report their time, shortening epochs or stopping at a checkpoint "
-                        "(see kit/budget.py)")
+                   help="wall-clock budget of the whole flow with its unit, e.g. 90s, 45m, 8h15m "
+                        f"(a bare number is refused; default: ${BUDGET_ENV}, else none): "
+                        "training leaves predict, tune, submit and report their time, shortening "
+                        "epochs or stopping at a checkpoint (see kit/budget.py)")
 
 
 def parse_duration(text: str | float | int) -> float:
-    """Seconds in ``90s``, ``45m``, ``8h15m``, ``1h30m20s``, ``2.5h`` or a plain number of seconds."""
+    """Seconds in ``90s``, ``45m``, ``8h15m``, ``1h30m20s`` or ``2.5h``; a Python number is seconds.
+
+    Text needs its units: a bare ``45`` is refused (45 seconds? minutes?)."""
     if isinstance(text, (int, float)):
         seconds = float(text)
     else:
         s = str(text).strip().lower().replace(" ", "")
         if re.fullmatch(r"\d+(\.\d+)?", s):
-            seconds = float(s)
-        else:
-            parts = _PART.findall(s)
-            units = [u for _, u in parts]
-            if (not parts or "".join(n + u for n, u in parts) != s
-                    or units != sorted(units, key="hms".index) or len(set(units)) != len(units)):
-                raise KitError(f"time budget {text!r}: write it like 90s, 45m, 8h15m or 3600")
-            seconds = sum(float(n) * _UNITS[u] for n, u in parts)
+            raise KitError(f"time budget {text!r} has no unit: write {s}s, {s}m or {s}h")
+        parts = _PART.findall(s)
+        units = [u for _, u in parts]
+        if (not parts or "".join(n + u for n, u in parts) != s
+                or units != sorted(units, key="hms".index) or len(set(units)) != len(units)):
+            raise KitError(f"time budget {text!r}: write it like 90s, 45m or 8h15m")
+        seconds = sum(float(n) * _UNITS[u] for n, u in parts)
     if not math.isfinite(seconds) or seconds <= 0:
         raise KitError(f"time budget {text!r} must be a positive duration")
     return seconds
@@ -87,7 +88,8 @@ class Budget:
 
     def to_env(self) -> dict[str, str]:
         """Environment that hands this deadline to a child step (see :func:`from_env`)."""
-        return {BUDGET_ENV: f"{self.seconds:g}", "KIT_TIME_BUDGET_DEADLINE": f"{self.deadline:.3f}"}
+        seconds = f"{self.seconds:.3f}".rstrip("0").rstrip(".")
+        return {BUDGET_ENV: f"{seconds}s", "KIT_TIME_BUDGET_DEADLINE": f"{self.deadline:.3f}"}
 
 
 def from_arg(value: str | None, now: float | None = None) -> Budget | None:
@@ -99,7 +101,10 @@ def from_arg(value: str | None, now: float | None = None) -> Budget | None:
         return Budget.start(value, now)
     if not os.environ.get(BUDGET_ENV):
         return None
-    budget = Budget.start(os.environ[BUDGET_ENV], now)
+    try:
+        budget = Budget.start(os.environ[BUDGET_ENV], now)
+    except KitError as exc:
+        raise KitError(f"{BUDGET_ENV}: {exc}") from None
     deadline = os.environ.get("KIT_TIME_BUDGET_DEADLINE")
     return Budget(float(deadline), budget.seconds) if deadline else budget
 

@@ -9,13 +9,13 @@ from kit.errors import KitError
 
 @pytest.mark.parametrize("text, seconds", [
     ("90s", 90), ("45m", 2700), ("8h15m", 29700), ("1h30m20s", 5420), ("2.5h", 9000),
-    ("3600", 3600), (" 8H ", 28800), (120, 120), ("0.5s", 0.5)])
+    (" 8H ", 28800), (120, 120), (2.5, 2.5), ("0.5s", 0.5)])
 def test_parse_duration(text, seconds):
     assert B.parse_duration(text) == seconds
 
 
 @pytest.mark.parametrize("text", ["", "abc", "15x", "1m1h", "1h1h", "-5m", "0s", "5 minutes",
-                                  "h", "1h5"])
+                                  "h", "1h5", "45", "3600", "2.5", " 90 "])
 def test_parse_duration_rejects(text):
     with pytest.raises(KitError, match="time budget"):
         B.parse_duration(text)
@@ -72,3 +72,30 @@ def test_stop_rule_boundary():
     assert not B.should_stop(reserve + 12.0, COSTS)
     assert B.should_stop(reserve + 11.999, COSTS)
     assert B.should_stop(0.0, COSTS)
+
+
+@pytest.mark.parametrize("text", ["45", " 45 ", "2.5"])
+def test_a_bare_number_is_refused_with_the_units_to_choose_from(text):
+    s = text.strip()
+    with pytest.raises(KitError) as info:
+        B.parse_duration(text)
+    assert str(info.value) == f"time budget {text!r} has no unit: write {s}s, {s}m or {s}h"
+
+
+def test_the_environment_a_parent_hands_down_has_units(monkeypatch):
+    for seconds in (600.0, 29700.0, 2_000_000.0, 90.25):
+        env = B.Budget(1000.0 + seconds, seconds).to_env()
+        assert env[B.BUDGET_ENV].endswith("s") and B.parse_duration(env[B.BUDGET_ENV]) == seconds
+    monkeypatch.delenv("KIT_TIME_BUDGET_DEADLINE", raising=False)
+    monkeypatch.setenv(B.BUDGET_ENV, "45")
+    with pytest.raises(KitError, match="^KIT_TIME_BUDGET: time budget '45' has no unit"):
+        B.from_arg(None)
+
+
+@pytest.mark.parametrize("command", ["submission", "train"])
+def test_time_budget_bare_number_is_one_line_exit_2(command, in_tmp, capsys):
+    from kit import cli
+
+    assert cli.main([command, "--time-budget", "45"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == "error: time budget '45' has no unit: write 45s, 45m or 45h\n"

@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 from kit import cli
 from conftest import run_cli_without_tensorflow
@@ -49,3 +50,30 @@ def test_table_commands_run_without_tensorflow(tmp_path):
              ["leaderboard", "--leaderboard", board]]
     run_cli_without_tensorflow(calls, tmp_path)
     assert (tmp_path / "pp.json").is_file() and (tmp_path / "board.csv").is_file()
+
+
+def _closed_pipe_run(argv, cwd):
+    """Run ``python -m kit ARGV`` with its stdout a pipe whose reader is already gone (what
+    ``| head`` leaves once it has its lines): (exit code, stderr)."""
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    proc = subprocess.Popen([sys.executable, "-m", "kit", *argv], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()                 # the reader goes away before the first line is written
+    err = proc.stderr.read().decode()
+    return proc.wait(timeout=120), err
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path):
+    (tmp_path / "labels.csv").write_text("patientId,x,y,width,height,Target\n"
+                                         "a,100,100,200,300,1\nb,,,,,0\n")
+    (tmp_path / "sub.csv").write_text("patientId,PredictionString\na,0.9 110 100 200 300\nb,\n")
+    rows = "".join(f"2024-01-01 00:00:00,f{i}.csv,{i:064d},test,L,,2,0,1,0.5\n" for i in range(50))
+    (tmp_path / "board.csv").write_text(
+        "time,file,sha256,split,labels,ids,images,missing,excluded,map\n" + rows)
+    for argv in (["leaderboard", "--json", "--leaderboard", "board.csv"],
+                 ["score", "--submission", "sub.csv", "--labels", "labels.csv", "--json",
+                  "--no-leaderboard"]):
+        code, err = _closed_pipe_run(argv, tmp_path)
+        assert (code, err) == (141, ""), argv

@@ -159,7 +159,8 @@ def run_submission(args: argparse.Namespace) -> int:
     sub = subs_dir / f"{run.name}.csv"
     _step(submit, "submit", "--run", run, "--out", sub, "--force")
     val_sub = write_val_submission(run)
-    board = ("--leaderboard", subs_dir / "leaderboard.csv")
+    # a set with no positive image (the preflight's 2-image val) is said and gets no row
+    board = ("--leaderboard", subs_dir / "leaderboard.csv", "--no-positive-ok")
     _step(score, "score", "--submission", val_sub, "--labels", data_dir / paths.TRAIN_LABELS,
           *board)
     test_labels = data_dir / paths.DEMO_TEST_LABELS
