@@ -1,6 +1,7 @@
 import shutil
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,20 +110,20 @@ def test_interrupt_keeps_finished_images_and_rerun_completes(demo, tmp_path, mon
     assert len(c.ids("train")) == 10 and len(c.ids("test")) == 4
 
 
-def test_corrupt_test_image_exits_2_and_names_it(demo, tmp_path, capsys):
+def test_corrupt_test_image_is_skipped_loudly_and_the_rest_prepared(demo, tmp_path, capsys):
     test_ids = labels.read_sample_submission(demo / paths.SAMPLE_SUBMISSION)["patientId"]
     bad = demo / paths.TEST_IMAGES / f"{test_ids[1]}.dcm"
     bad.write_bytes(bad.read_bytes()[:300])
     out = tmp_path / "c"
-    code = cli.main(["prepare", "--data", str(demo), "--size", "32", "--out", str(out), "--workers", "1"])
-    assert code == 2
-    err = capsys.readouterr().err
-    assert str(bad) in err and err.strip().splitlines()[-1].startswith("error: ")
-    c = cache.Cache(out)
-    assert len(c.ids("train")) == 10
-    with pytest.raises(KitError, match="not prepared"):
-        c.ids("test")
-    assert len(list(out.glob("test/*.npy"))) == 3                  # the readable ones are kept
+    argv = ["prepare", "--data", str(demo), "--size", "32", "--out", str(out), "--workers", "1"]
+    for _ in range(2):                                            # a rerun does the same
+        assert cli.main(argv) == 0
+        err = capsys.readouterr().err
+        assert f"error: skipped test image {bad}" in err
+        assert err.strip().splitlines()[-1].startswith("error: 1 test image(s) unreadable")
+        c = cache.Cache(out)
+        assert len(c.ids("train")) == 10 and c.ids("test") == [p for p in test_ids if p != test_ids[1]]
+        assert c.info["splits"]["test"]["skipped"][0].startswith(str(bad))
 
 
 def test_corrupt_train_image_is_skipped_with_a_warning(demo, tmp_path, capsys):
@@ -155,3 +156,129 @@ def test_default_cache_dir(demo, in_tmp):
     assert cli.main(["prepare", "--data", str(demo), "--size", "16", "--split", "test",
                      "--workers", "1"]) == 0
     assert (in_tmp / "data" / "cache" / "demo-16" / "meta.csv").is_file()
+
+
+def _damage(demo):
+    """Damage four train files of ``demo`` in four ways; returns {patientId: words of its line}."""
+    import pydicom
+
+    train_ids = list(dict.fromkeys(labels.read_labels(demo / paths.TRAIN_LABELS)["patientId"]))
+    folder = demo / paths.TRAIN_IMAGES
+    ds = pydicom.dcmread(folder / f"{train_ids[1]}.dcm")
+    ds.Rows = None                                       # metadata_of once raised TypeError here
+    ds.save_as(folder / f"{train_ids[1]}.dcm")
+    (folder / f"{train_ids[3]}.dcm").write_bytes(b"")
+    shutil.copy(Path(pydicom.__file__).parent / "data" / "test_files" / "dicomdirtests" /
+                "DICOMDIR", folder / f"{train_ids[6]}.dcm")
+    ds = pydicom.dcmread(folder / f"{train_ids[8]}.dcm")
+    ds.NumberOfFrames = 2
+    ds.save_as(folder / f"{train_ids[8]}.dcm")
+    return {train_ids[1]: "field 'Rows'", train_ids[3]: "empty file",
+            train_ids[6]: "DICOMDIR", train_ids[8]: "multi-frame"}, train_ids
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_damaged_files_among_many_are_skipped_and_a_rerun_survives(demo, tmp_path, capsys,
+                                                                   workers):
+    damaged, train_ids = _damage(demo)
+    out = tmp_path / "c"
+    for _ in range(2):
+        c = cache.prepare(demo, 32, out=out, workers=workers, splits=("train",))
+        assert c.ids("train") == [p for p in train_ids if p not in damaged]
+        err = capsys.readouterr().err
+        skipped = [line for line in err.splitlines() if line.startswith("warning: skipped")]
+        assert len(skipped) == 4 and len(c.info["splits"]["train"]["skipped"]) == 4
+        for pid, words in damaged.items():
+            assert any(f"{pid}.dcm" in line and words in line for line in skipped), (pid, err)
+
+
+def test_any_exception_while_reading_skips_only_that_file(demo, tmp_path, capsys, monkeypatch):
+    real = dicom.read_image
+    victim = list(dict.fromkeys(labels.read_labels(demo / paths.TRAIN_LABELS)["patientId"]))[4]
+
+    def flaky(path, size):
+        if path.stem == victim:
+            raise TypeError("int() argument must be a string\nnot 'NoneType'")
+        return real(path, size)
+
+    monkeypatch.setattr(cache.dicom, "read_image", flaky)
+    c = cache.prepare(demo, 32, out=tmp_path / "c", workers=1)
+    assert victim not in c.ids("train") and len(c.ids("train")) == 9 and len(c.ids("test")) == 4
+    line = [x for x in capsys.readouterr().err.splitlines() if victim in x]
+    assert line == [f"warning: skipped {demo / paths.TRAIN_IMAGES / victim}.dcm: unreadable "
+                    "(TypeError: int() argument must be a string; not 'NoneType')"]
+
+
+def test_a_finished_image_whose_file_broke_is_decoded_again_and_reported(demo, tmp_path, capsys):
+    out = tmp_path / "c"
+    c = cache.prepare(demo, 32, out=out, workers=1, splits=("train",))
+    pid = c.ids("train")[2]
+    (demo / paths.TRAIN_IMAGES / f"{pid}.dcm").write_bytes(b"")
+    (out / "meta.csv").unlink()                                   # headers are re-read
+    c = cache.prepare(demo, 32, out=out, workers=1, splits=("train",))
+    assert pid not in c.ids("train") and not (out / "train" / f"{pid}.npy").exists()
+    assert f"{pid}.dcm: empty file" in capsys.readouterr().err
+
+
+def test_conversions_are_one_warning_line_each_per_prepare(demo, tmp_path, capsys):
+    import pydicom
+
+    train_ids = list(dict.fromkeys(labels.read_labels(demo / paths.TRAIN_LABELS)["patientId"]))
+    for pid in train_ids[:3]:                                     # colour films
+        path = demo / paths.TRAIN_IMAGES / f"{pid}.dcm"
+        gray = dicom.read_pixels(path)
+        ds = pydicom.dcmread(path)
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+        ds.set_pixel_data(np.repeat(gray[..., None], 3, axis=-1), "RGB", 8)
+        ds.save_as(path)
+    c = cache.prepare(demo, 32, out=tmp_path / "c", workers=1, splits=("train",))
+    assert len(c.ids("train")) == 10
+    warned = [x for x in capsys.readouterr().err.splitlines() if x.startswith("warning:")]
+    assert len(warned) == 1 and "not grayscale" in warned[0]
+    assert warned[0].endswith("(and 2 more image(s) like it)")
+
+
+def test_predict_with_a_damaged_test_image_keeps_the_submission_valid(demo, in_tmp, capsys):
+    """Every readable test image gets its row; the damaged one is named, and the submission
+    gives it an empty PredictionString."""
+    from kit.config import get_preset
+    from kit.infer.predict import predict
+    from kit.score.postprocess import PostProcess
+    from kit.score.submission import read_submission, validate_submission
+
+    class Model:
+        class config:
+            BATCH_SIZE = 2
+
+        def detect(self, images, masks=False):
+            return [{"rois": np.array([[4.0, 4.0, 20.0, 20.0]]), "scores": np.array([0.9])}
+                    for _ in images]
+
+    test_ids = labels.read_sample_submission(demo / paths.SAMPLE_SUBMISSION)["patientId"].tolist()
+    bad = demo / paths.TEST_IMAGES / f"{test_ids[2]}.dcm"
+    bad.write_bytes(b"")
+    run = in_tmp / "runs" / "r"
+    run.mkdir(parents=True)
+    cfg = get_preset("tiny", [f"data_dir={demo}", "tta=none"])
+    cfg.save(run / "config.json")
+    PostProcess(0.5, 0.5, 1.0, 3).to_json(run / "postprocess.json")
+    raw = predict(run, "test", model=Model())
+    err = capsys.readouterr().err
+    assert "error: predict test: 1 test image(s) unreadable" in err and str(bad) in err
+    assert sorted(set(cache.pd.read_csv(raw)["patientId"])) == sorted(set(test_ids) - {test_ids[2]})
+    sub = in_tmp / "sub.csv"
+    assert cli.main(["submit", "--run", str(run), "--out", str(sub)]) == 0
+    assert validate_submission(sub, demo / paths.SAMPLE_SUBMISSION) == []
+    rows = read_submission(sub)
+    assert len(rows) == 4 and len(rows[test_ids[2]][0]) == 0 and len(rows[test_ids[0]][0]) == 1
+
+
+def test_a_split_with_no_readable_image_stops_prepare(demo, tmp_path):
+    for dcm in (demo / paths.TEST_IMAGES).glob("*.dcm"):
+        dcm.write_bytes(b"not a dicom")
+    with pytest.raises(KitError, match="all 4 test image"):
+        cache.prepare(demo, 32, out=tmp_path / "c", workers=1)
+    c = cache.Cache(tmp_path / "c")
+    assert len(c.ids("train")) == 10
+    with pytest.raises(KitError, match="not prepared"):
+        c.ids("test")

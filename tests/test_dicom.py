@@ -2,6 +2,7 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
+from pydicom.pixels import pixel_array
 
 from kit.data import dicom
 from kit.errors import KitError
@@ -25,7 +26,9 @@ def test_jpeg_round_trip_within_tolerance(tmp_path):
     assert np.abs(out.astype(int) - img).max() <= 8
     ds = pydicom.dcmread(path)
     assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.50"
-    np.testing.assert_array_equal(ds.pixel_array, out)      # pydicom's own handler agrees
+    # pydicom's Pillow handler agrees; its pylibjpeg one (where installed) rounds differently
+    np.testing.assert_array_equal(pixel_array(ds, decoding_plugin="pillow"), out)
+    assert np.abs(ds.pixel_array.astype(int) - out).max() <= 1
 
 
 def test_uncompressed_round_trip_is_exact_odd_shape(tmp_path):

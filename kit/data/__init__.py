@@ -1,6 +1,8 @@
 """Stage data: the competition's files in, checked tables and a prepared-image cache out.
 
-labels (label CSVs, validated; ``labels``), dicom (the only pydicom importer), prepare (decode +
+labels (label CSVs, validated; ``labels``), dicom (the only pydicom importer: read or refuse a
+file in one line), pixels (windowing, luminance, resizing: numpy + Pillow), prepare (decode +
 resize into data/cache; ``prepare``), split (patient-level split and folds; ``split``), demo (the
-embedded synthetic data set; ``demo-data``). Imports only the base; never TensorFlow.
+embedded synthetic data set; ``demo-data``), weights (fetch + check initial weights;
+``weights``). Imports only the base; never TensorFlow.
 """

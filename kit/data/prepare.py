@@ -91,21 +91,28 @@ def _meta_row(patient_id: str, split: str, header: dict, size: int) -> dict:
             "ViewPosition": header["ViewPosition"]}
 
 
-def _prepare_one(task: tuple[str, str, Path, Path, int]) -> tuple[dict | None, str | None]:
-    """Decode one DICOM into its .npy (temp + rename); (meta row, None) or (None, error)."""
+def _prepare_one(task: tuple[str, str, Path, Path, int]
+                 ) -> tuple[dict | None, str | None, dict[str, str]]:
+    """Decode one DICOM into its .npy (temp + rename): (meta row, None, notes) or (None, error,
+    {}). Any exception while reading the file (a damaged header value included) is that file's
+    one-line error, so one bad file never stops the others; ``notes`` are the reader's
+    conversions ({kind: line}, see dicom.read_image)."""
     patient_id, split, src, dst, size = task
     try:
         arr, header = dicom.read_image(src, size)
+        row = _meta_row(patient_id, split, header, size)
     except KitError as exc:
-        return None, str(exc)
+        return None, str(exc), {}
+    except Exception as exc:   # damage the reader did not foresee: still only this file
+        return None, f"{src}: unreadable ({dicom.one_line(exc)})", {}
     tmp = dst.with_name(f".{dst.name}.tmp")
     with open(tmp, "wb") as fh:
         np.save(fh, arr)
     os.replace(tmp, dst)
-    return _meta_row(patient_id, split, header, size), None
+    return row, None, dict(header.get("notes") or {})
 
 
-def _run_tasks(tasks: Sequence[tuple], workers: int) -> Iterator[tuple[dict | None, str | None]]:
+def _run_tasks(tasks: Sequence[tuple], workers: int) -> Iterator[tuple]:
     """Results of ``_prepare_one`` in task order: in-process for 1 worker, else worker processes."""
     if workers <= 1:
         yield from map(_prepare_one, tasks)
@@ -125,9 +132,12 @@ def prepare(data_dir: str | Path, size: int = 512, out: str | Path | None = None
             workers: int | None = None, splits: Iterable[str] = ("train", "test")) -> Cache:
     """Decode + resize the ``splits`` of ``data_dir`` (Kaggle layout) into a cache; resumes.
 
-    Unreadable train files are skipped with a warning; unreadable test files leave the test
-    split unfinished and raise KitError (after every readable image is cached). All bad files
-    are listed on stderr at the end.
+    A file that cannot be read is skipped, listed in cache.json (``skipped``) and on stderr at
+    the end, one line each, and the rest is prepared; a rerun tries it again. A skipped train
+    image is left out of training; a skipped test image is left out of predict, so every
+    submission gives it an empty PredictionString (said as an error line). A split none of whose
+    images can be read is left unfinished and raises KitError. Conversions a reader should know
+    about (colour films, a replaced window) are one warning line per kind.
     """
     data_dir = Path(data_dir)
     if size < 16:
@@ -154,45 +164,59 @@ def prepare(data_dir: str | Path, size: int = 512, out: str | Path | None = None
             stale.unlink()
         for pid in ids[split]:
             src, dst = data_dir / SPLITS[split] / f"{pid}.dcm", out / split / f"{pid}.npy"
+            if pid not in known and dst.is_file():   # finished by a killed run: re-read its header
+                try:
+                    known[pid] = _meta_row(pid, split, dicom.read_metadata(src), size)
+                except Exception:   # the file changed since: decode it again, reporting why not
+                    dst.unlink()
             if not dst.is_file():
                 tasks.append((pid, split, src, dst, size))
                 continue
             done += 1
-            if pid not in known:   # finished by a killed run: its header is cheap to re-read
-                known[pid] = _meta_row(pid, split, dicom.read_metadata(src), size)
     workers = max(1, min(workers or os.cpu_count() or 1, len(tasks)))
     bad: dict[str, list[str]] = {split: [] for split in splits}
+    notes: dict[str, list[str]] = {}
     finished = False
     try:
         results = _run_tasks(tasks, workers)
-        for task, (row, error) in tqdm(zip(tasks, results), total=len(tasks),
-                                       desc=f"prepare {size}px", unit="img"):
+        for task, (row, error, converted) in tqdm(zip(tasks, results), total=len(tasks),
+                                                  desc=f"prepare {size}px", unit="img"):
             if error is None:
                 known[task[0]] = row
             else:
                 bad[task[1]].append(error)
+            for kind, line in converted.items():
+                notes.setdefault(kind, []).append(line)
         finished = True
     finally:   # also on Ctrl-C: record what is finished, a rerun resumes
         rows = [known[pid] for split in SPLITS
                 for pid in ids.get(split, old_meta.loc[old_meta["split"] == split, "patientId"])
                 if pid in known and (out / split / f"{pid}.npy").is_file()]
+        counts = {split: sum(r["split"] == split for r in rows) for split in splits}
+        hopeless = [split for split in splits if bad[split] and not counts[split]]
         for split in splits:
-            complete = finished and (split == "train" or not bad[split])
             info["splits"].pop(split, None)
-            if complete:
-                info["splits"][split] = {"images": sum(r["split"] == split for r in rows),
-                                         "skipped": bad[split]}
+            if finished and split not in hopeless:
+                info["splits"][split] = {"images": counts[split], "skipped": bad[split]}
         write_csv(meta_path, pd.DataFrame(rows, columns=META_COLUMNS))
         write_json(info_path, info)
     n_bad = sum(map(len, bad.values()))
     for split in splits:
         for error in bad[split]:
-            print(f"{'warning: skipped' if split == 'train' else 'error:'} {error}", file=sys.stderr)
+            print(f"warning: skipped {error}" if split == "train" else
+                  f"error: skipped test image {error}", file=sys.stderr)
+    for lines in notes.values():   # one line per kind of conversion, once per prepare
+        more = f" (and {len(lines) - 1} more image(s) like it)" if len(lines) > 1 else ""
+        print(f"warning: {lines[0]}{more}", file=sys.stderr)
     print(f"cache {out}: {len(tasks) - n_bad} decoded, {done} already there, {n_bad} unreadable",
           file=sys.stderr)
+    if hopeless:   # not one image to work with: stop here, not in a later step
+        raise KitError(f"all {len(bad[hopeless[0]])} {hopeless[0]} image(s) unreadable (listed "
+                       "above): replace them (make data) and rerun", path=out)
     if bad.get("test"):
-        raise KitError(f"{len(bad['test'])} test image(s) unreadable (listed above), so the test "
-                       "cache is unfinished: replace those files (make data) and rerun", path=out)
+        print(f"error: {len(bad['test'])} test image(s) unreadable (listed above): predict leaves "
+              "them out, so submissions give them an empty PredictionString; replace them "
+              "(make data) and rerun prepare", file=sys.stderr)
     return Cache(out)
 
 

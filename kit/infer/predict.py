@@ -10,6 +10,7 @@ val_map (best.h5) unless ``--checkpoint last`` or a path says otherwise.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -160,6 +161,12 @@ def predict(run: Path, split: str, tta: str | None = None, batch: int | None = N
         write_csv(image_scores_path(run, split), image_scores)
     print(f"predict {split}: {len(ids)} images, {len(raw)} raw detections, "
           f"{len(ids) / max(elapsed, 1e-9):.1f} images/s (tta={tta})")
+    unread = cache.info["splits"].get("test", {}).get("skipped", []) if split == "test" else []
+    if unread:   # prepare skipped them: no rows here, so every submission leaves them empty
+        print(f"error: predict test: {len(unread)} test image(s) unreadable, so their "
+              f"PredictionString is empty in every submission: {'; '.join(unread[:3])}"
+              f"{f'; and {len(unread) - 3} more' if len(unread) > 3 else ''}",
+              file=sys.stderr)
     return out
 
 
