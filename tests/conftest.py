@@ -1,8 +1,11 @@
 """Shared test fixtures. The real stage-2 label CSVs live in ../shared/rsna when present."""
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -26,6 +29,38 @@ def in_tmp(tmp_path, monkeypatch) -> Path:
     """Run a test inside an empty temporary working folder (data/, runs/, submissions/ land there)."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def tiny_flow(tmp_path_factory) -> SimpleNamespace:
+    """ONE whole tiny flow, built once per session and shared by the end-to-end tests
+    (test_pipeline, test_preflight, test_train_selection): `submission --preset tiny --preflight
+    --out final/submission.csv` on a 24 + 6 image demo set in its own folder. ``root``: that
+    folder (data/, runs/, submissions/, final/), ``code``: the exit code, ``out``: its stdout.
+    Tests that change the run put it back as they found it."""
+    from kit import cli
+    from kit.data.demo import make_dataset
+
+    root = tmp_path_factory.mktemp("tiny-flow")
+    before = os.getcwd()
+    os.chdir(root)
+    try:
+        make_dataset(Path("data/demo"), n_train=24, n_test=6, size=128, seed=3)
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            code = cli.main(["submission", "--preset", "tiny", "--preflight",
+                             "--out", "final/submission.csv"])
+    finally:
+        os.chdir(before)
+    return SimpleNamespace(root=root, code=code, out=out.getvalue())
+
+
+@pytest.fixture
+def in_flow(tiny_flow, monkeypatch) -> SimpleNamespace:
+    """The shared tiny flow, with the test running inside its folder."""
+    assert tiny_flow.code == 0, tiny_flow.out[-3000:]
+    monkeypatch.chdir(tiny_flow.root)
+    return tiny_flow
 
 
 def run_cli_without_tensorflow(calls: list[list[str]], cwd: Path) -> None:

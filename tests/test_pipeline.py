@@ -27,13 +27,9 @@ def test_trained_epochs_and_unfinished_runs(tmp_path):
 
 
 @pytest.mark.slow
-def test_submission_end_to_end_tiny(in_tmp, capsys):
-    from kit.data.demo import make_dataset
-
-    make_dataset(Path("data/demo"), n_train=24, n_test=6, size=128, seed=3)
-    assert cli.main(["submission", "--preset", "tiny", "--out", "final/submission.csv"]) == 0
-    out = capsys.readouterr().out
-    assert "EMBEDDED SYNTHETIC" in out
+def test_submission_end_to_end_tiny(in_flow, capsys):
+    # in_flow: `submission --preset tiny --preflight --out final/submission.csv` (conftest)
+    assert "EMBEDDED SYNTHETIC" in in_flow.out
     runs = list(Path("runs").iterdir())
     assert len(runs) == 1
     run = runs[0]

@@ -68,16 +68,16 @@ def test_a_failing_flow_is_one_line_naming_the_cause(demo, capsys):
 
 
 @pytest.mark.slow
-def test_preflight_then_the_flow(demo, capsys):
-    code = cli.main(["submission", "--preset", "tiny", "--preflight", "--workdir", "work"])
-    assert code == 0
-    out = capsys.readouterr().out
+def test_preflight_then_the_flow(in_flow):
+    # in_flow: `submission --preset tiny --preflight` in its own folder (conftest), the flow that
+    # test_pipeline checks end to end; the preflight's scratch is the runs folder
+    out = in_flow.out
     for expected in ("preflight: python 3.", "GPUs: 0", "transfer syntax 1.2.840.10008.1.2.4.50",
                      "free disk in working", "preflight passed in"):
         assert expected in out, expected
     assert out.index("preflight passed") < out.index("train: tiny on data/demo")
-    assert not (Path("work") / preflight.SUBSET).exists()        # the scratch flow is deleted
+    assert not (Path("runs") / preflight.SUBSET).exists()        # the scratch flow is deleted
     assert not list(paths.CACHE_DIR.glob(f"{preflight.DATA}-*"))
-    runs = list(Path("work/runs").iterdir())
+    runs = list(Path("runs").iterdir())
     assert len(runs) == 1 and (runs[0] / "pipeline.done").is_file()
-    assert len(list(Path("work/submissions").glob("*.csv"))) == 2   # the run's + leaderboard
+    assert len(list(Path("submissions").glob("*.csv"))) == 2   # the run's + leaderboard
