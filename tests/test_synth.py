@@ -172,3 +172,19 @@ def test_same_seed_same_findings_and_pixels():
     assert a.cls == "No Lung Opacity / Not Normal" and a.findings and a.findings == b.findings
     film_a = synth.render(a, 64, np.random.default_rng(1))
     assert (film_a == synth.render(b, 64, np.random.default_rng(1))).all()
+
+
+def test_cli_difficulty_rsna_and_back_to_easy(tmp_path, capsys):
+    from kit.data import demo_rsna
+    out = tmp_path / "demo"
+    base = ["demo-data", "--out", str(out), "--n-train", "4", "--n-test", "2", "--size", "32"]
+    assert cli.main(base + ["--difficulty", "rsna"]) == 0
+    assert "rsna" in capsys.readouterr().out
+    demo_rsna.make_dataset(tmp_path / "direct", n_train=4, n_test=2, size=32, seed=0)
+    for name in (paths.TRAIN_LABELS, paths.CLASS_INFO, demo_rsna.TRUE_BOXES):   # the same set
+        assert (out / name).read_bytes() == (tmp_path / "direct" / name).read_bytes()
+    assert cli.main(base + ["--force"]) == 0                                    # default: easy
+    assert not (out / demo_rsna.TRUE_BOXES).exists()                            # no stale truth
+    synth.make_dataset(tmp_path / "easy", n_train=4, n_test=2, size=32, seed=0)
+    assert (out / paths.TRAIN_LABELS).read_bytes() == (tmp_path / "easy" / paths.TRAIN_LABELS).read_bytes()
+    assert cli.main(base + ["--difficulty", "hard"]) == 2

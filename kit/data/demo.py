@@ -14,7 +14,7 @@ the real class split: "Normal" films are clean, while "No Lung Opacity / Not Nor
 1-3 kinds of findings a detector can mistake for pneumonia (nodules and masses, basal pleural
 effusions with a meniscus, cardiomegaly, tubes, central lines, ECG leads, a pacemaker), and a
 fifth of the positives carry one such kind too. Everything derives from ``seed``: the same
-arguments give the same bytes.
+arguments give the same bytes. ``--difficulty rsna`` writes the harder set of kit.data.demo_rsna.
 """
 from __future__ import annotations
 
@@ -292,16 +292,16 @@ def _label_rows(case: Case) -> list[str]:
     return [f"{case.patient_id},{x:.1f},{y:.1f},{w:.1f},{h:.1f},1" for x, y, w, h in case.boxes]
 
 
+TRUE_BOXES = "demo_true_boxes.csv"   # the rsna difficulty's hidden true opacity boxes
 _OUTPUTS = (paths.TRAIN_IMAGES, paths.TEST_IMAGES, paths.TRAIN_LABELS, paths.CLASS_INFO,
-            paths.SAMPLE_SUBMISSION, paths.DEMO_TEST_LABELS)
+            paths.SAMPLE_SUBMISSION, paths.DEMO_TEST_LABELS, TRUE_BOXES)
+EASY_DEFAULTS = {"n_train": 400, "n_test": 100, "size": 256}
+DIFFICULTIES = ("easy", "rsna")
 
 
-def make_dataset(out: Path, n_train: int = 400, n_test: int = 100, size: int = 256, seed: int = 0,
-                 force: bool = False) -> None:
-    """Write the synthetic data set into ``out`` in Kaggle's layout (see the module docstring).
-
-    Refuses a non-empty ``out`` unless ``force`` (then only the data set's own files are replaced).
-    """
+def prepare_out(out: Path, n_train: int, n_test: int, size: int, force: bool) -> Path:
+    """Check the arguments and make ``out`` ready: refuses a non-empty folder unless ``force``
+    (then only the data set's own files are removed)."""
     out = Path(out)
     if n_train < 1 or n_test < 1 or size < 32:
         raise KitError(f"need n_train >= 1, n_test >= 1 and size >= 32 (got {n_train}, {n_test}, {size})")
@@ -314,6 +314,42 @@ def make_dataset(out: Path, n_train: int = 400, n_test: int = 100, size: int = 2
                 shutil.rmtree(target)
             elif target.exists():
                 target.unlink()
+    return out
+
+
+def write_images(out: Path, splits: dict, size: int, render_film) -> None:
+    """The DICOM of every case: ``splits`` maps an image folder to (rngs, cases); a case's film is
+    ``render_film(case, size, rng)``."""
+    with tqdm(total=sum(len(cases) for _, cases in splits.values()), desc="demo-data", unit="img") as bar:
+        for split, (rngs, cases) in splits.items():
+            (out / split).mkdir(parents=True, exist_ok=True)
+            for rng, case in zip(rngs, cases):
+                dicom.write_dicom(out / split / f"{case.patient_id}.dcm", render_film(case, size, rng),
+                                  case.patient_id, case.age, case.sex, case.view)
+                bar.update()
+
+
+def write_csvs(out: Path, train: list, test: list) -> None:
+    """The Kaggle CSVs and demo_test_labels.csv of cases with ``patient_id``, ``boxes``, ``cls``;
+    the train labels come last: their presence marks a finished set."""
+    header = "patientId,x,y,width,height,Target\n"
+    write_text(out / paths.DEMO_TEST_LABELS,
+               header + "".join(r + "\n" for c in test for r in _label_rows(c)))
+    write_text(out / paths.SAMPLE_SUBMISSION, "patientId,PredictionString\n"
+               + "".join(f"{c.patient_id},0.5 0 0 100 100\n" for c in test))
+    write_text(out / paths.CLASS_INFO, "patientId,class\n" + "".join(
+        f"{c.patient_id},{c.cls}\n" for c in train for _ in _label_rows(c)))
+    write_text(out / paths.TRAIN_LABELS,
+               header + "".join(r + "\n" for c in train for r in _label_rows(c)))
+
+
+def make_dataset(out: Path, n_train: int = 400, n_test: int = 100, size: int = 256, seed: int = 0,
+                 force: bool = False) -> None:
+    """Write the synthetic data set into ``out`` in Kaggle's layout (see the module docstring).
+
+    Refuses a non-empty ``out`` unless ``force`` (then only the data set's own files are replaced).
+    """
+    out = prepare_out(out, n_train, n_test, size, force)
     master = np.random.default_rng([seed, 0])
     splits = {}
     for index, (split, n) in enumerate(((paths.TRAIN_IMAGES, n_train), (paths.TEST_IMAGES, n_test))):
@@ -321,36 +357,32 @@ def make_dataset(out: Path, n_train: int = 400, n_test: int = 100, size: int = 2
         positive[master.permutation(n)[:round(POSITIVE_FRACTION * n)]] = True
         rngs = [np.random.default_rng([seed, index + 1, i]) for i in range(n)]
         splits[split] = (rngs, [sample_case(rng, bool(p)) for rng, p in zip(rngs, positive)])
-    with tqdm(total=n_train + n_test, desc="demo-data", unit="img") as bar:
-        for split, (rngs, cases) in splits.items():
-            (out / split).mkdir(parents=True, exist_ok=True)
-            for rng, case in zip(rngs, cases):
-                dicom.write_dicom(out / split / f"{case.patient_id}.dcm", render(case, size, rng),
-                                  case.patient_id, case.age, case.sex, case.view)
-                bar.update()
-    header = "patientId,x,y,width,height,Target\n"
-    train, test = splits[paths.TRAIN_IMAGES][1], splits[paths.TEST_IMAGES][1]
-    write_text(out / paths.DEMO_TEST_LABELS,
-               header + "".join(r + "\n" for c in test for r in _label_rows(c)))
-    write_text(out / paths.SAMPLE_SUBMISSION, "patientId,PredictionString\n"
-               + "".join(f"{c.patient_id},0.5 0 0 100 100\n" for c in test))
-    write_text(out / paths.CLASS_INFO, "patientId,class\n" + "".join(
-        f"{c.patient_id},{c.cls}\n" for c in train for _ in _label_rows(c)))
-    write_text(out / paths.TRAIN_LABELS,                 # last: its presence marks a finished set
-               header + "".join(r + "\n" for c in train for r in _label_rows(c)))
+    write_images(out, splits, size, render)
+    write_csvs(out, splits[paths.TRAIN_IMAGES][1], splits[paths.TEST_IMAGES][1])
 
 
 def add_demo_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=paths.DEMO_DIR, help="output folder (default data/demo)")
-    parser.add_argument("--n-train", type=int, default=400, help="train images (default 400)")
-    parser.add_argument("--n-test", type=int, default=100, help="test images (default 100)")
-    parser.add_argument("--size", type=int, default=256,
+    parser.add_argument("--difficulty", choices=DIFFICULTIES, default="easy",
+                        help="easy (default): clear blobs, labels = truth; rsna: the real label "
+                             "statistics, films a reader finds hard, labels drawn by a simulated "
+                             "reader (+ hidden demo_true_boxes.csv)")
+    parser.add_argument("--n-train", type=int, default=None, help="train images (default 400; rsna 2000)")
+    parser.add_argument("--n-test", type=int, default=None, help="test images (default 100; rsna 300)")
+    parser.add_argument("--size", type=int, default=None,
                         help="stored image side in px (labels stay in the 1024 frame; default 256)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--force", action="store_true", help="replace the data set in a non-empty --out")
 
 
 def run_demo_data(args: argparse.Namespace) -> int:
-    make_dataset(args.out, args.n_train, args.n_test, args.size, args.seed, force=args.force)
-    print(f"wrote {args.n_train} train + {args.n_test} test images ({args.size} px) to {args.out}")
+    if args.difficulty == "rsna":
+        from kit.data import demo_rsna
+        defaults, make = demo_rsna.DEFAULTS, demo_rsna.make_dataset
+    else:
+        defaults, make = EASY_DEFAULTS, make_dataset
+    n_train, n_test, size = (defaults[k] if getattr(args, k) is None else getattr(args, k)
+                             for k in ("n_train", "n_test", "size"))
+    make(args.out, n_train, n_test, size, args.seed, force=args.force)
+    print(f"wrote {n_train} train + {n_test} test images ({size} px, {args.difficulty}) to {args.out}")
     return 0
