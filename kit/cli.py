@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("kit.score.score", "competition mAP + P/R/F1 of a submission or raw table"),
     "leaderboard": ("kit.score.leaderboard", "local leaderboard, best first"),
     "report": ("kit.report.report", "pictures and the results table of a run"),
+    "view": ("kit.view.view", "live page of a run: films, boxes, post-processing by hand"),
     "submission": ("kit.flow.submission", "the whole flow: data -> train -> predict -> tune -> submit -> score"),
     "kernels": ("kit.kaggle.kernels", "build / push / status / output of the Kaggle kernels"),
     "kaggle-scores": ("kit.kaggle.scores", "public/private scores of our Kaggle submissions"),
