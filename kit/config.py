@@ -259,6 +259,13 @@ PRESETS: dict[str, RunConfig] = {
               "and Adam (SGD at lr 0.01 reached val mAP 0.03 in the same 480 steps), lr stepped "
               "down 1 -> 0.3 -> 0.1 (at 1e-3 throughout, val_map fell from 0.39 to 0.04 at "
               "epochs 9-10), the last stage augmented"),
+}
+# the demo's schedule and cost on the hard films (demo-data --difficulty rsna): a validation set
+# with about 200 positive images to tune on, val_map each epoch on a seeded 200 of them
+PRESETS["demo-rsna"] = dataclasses.replace(
+    PRESETS["demo"], name="demo-rsna", n_val=900, val_map_images=200,
+    notes="the demo preset on the hard films (data/demo-rsna): 900 val images (~200 positive)")
+PRESETS.update({
     "r50-heads": _study("resnet50", augment=False),
     "r50-all-aug": _study("resnet50", augment=True),
     "r101-heads": _study("resnet101", augment=False),
@@ -269,7 +276,7 @@ PRESETS: dict[str, RunConfig] = {
         stages=(Stage("heads", 2), Stage("4+", 4, 1.0, True), Stage("all", 6, 0.1, True)),
         learning_rate=0.006, images_per_gpu=4, rpn_anchor_scales=(32, 64, 128, 256, 512),
         val_map_images=300, notes="Kaggle 2xT4 defaults"),
-}
+})
 
 
 def get_preset(name: str, overrides: list[str] | None = None) -> RunConfig:

@@ -3,12 +3,18 @@
 A reader never sees a half-written file, and a killed process leaves the old file (or none).
 The file gets the permissions a plain ``open(path, "w")`` would give: those of the file it
 replaces, else ``0o666 & ~umask`` (not the temp file's private 0o600).
+A full disk (ENOSPC, or a quota: EDQUOT) while writing is one ``KitError`` line naming the file
+and the free space; the temp file is removed and the previous file is left as it was, so a
+rerun after freeing space starts again from there.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import json
 import os
+import shutil
 import stat
 import tempfile
 import threading
@@ -18,6 +24,7 @@ from typing import IO, Any, Iterator
 
 PROC_STATUS = Path("/proc/self/status")    # Linux >= 4.7 shows the umask here ("Umask:\t0022")
 _UMASK_LOCK = threading.Lock()
+NO_SPACE = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded"}
 
 
 def current_umask() -> int:
@@ -43,24 +50,114 @@ def output_mode(path: Path) -> int:
         return 0o666 & ~current_umask()
 
 
-@contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
-    """Open a temp file next to ``path``; on clean exit fsync, give it :func:`output_mode` and
-    rename it to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+class _RecordingFileIO(io.FileIO):
+    """A FileIO that remembers the first OSError its ``write`` raised: h5py (checkpoints) turns
+    it into an OSError without errno, so the errno is read back from here."""
+
+    error: OSError | None = None
+
+    def write(self, data: Any) -> int | None:
+        try:
+            return super().write(data)
+        except OSError as exc:
+            if self.error is None:
+                self.error = exc
+            raise
+
+
+def _open_tmp(tmp: str, mode: str, kwargs: dict) -> tuple[IO, _RecordingFileIO | None]:
+    """The temp file opened as ``open(tmp, mode, **kwargs)`` would, over a recording FileIO
+    for the plain modes ("w", "wb")."""
+    if mode not in ("w", "wb") or set(kwargs) - {"encoding", "errors", "newline"} or (
+            mode == "wb" and kwargs):
+        return open(tmp, mode, **kwargs), None
+    raw = _RecordingFileIO(tmp, "w")
+    fh: IO = io.BufferedWriter(raw)
+    if mode == "w":
+        fh = io.TextIOWrapper(fh, **kwargs)
+        fh.mode = "w"        # as open() sets it (pandas looks at it)
+    return fh, raw
+
+
+def format_bytes(n: float) -> str:
+    """A size for people: 512 bytes, 12 kB, 12 MB, 3.4 GB (powers of 1000)."""
+    if n < 1000:
+        return f"{n:.0f} bytes"
+    for unit, scale in (("kB", 1e3), ("MB", 1e6), ("GB", 1e9)):
+        if n < scale * 1000:
+            return f"{n / scale:.0f} {unit}"
+    return f"{n / 1e12:.1f} TB"
+
+
+def free_bytes(folder: str | os.PathLike) -> int | None:
+    """Free bytes on the filesystem of ``folder`` (its nearest existing parent); None if unknown."""
+    probe = Path(folder)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
     try:
-        with open(tmp, mode, **kwargs) as fh:
+        return shutil.disk_usage(probe).free
+    except OSError:
+        return None
+
+
+def no_space_errno(exc: BaseException, recorded: OSError | None = None) -> int | None:
+    """ENOSPC / EDQUOT when ``exc`` (or its cause/context, or ``recorded``) is a full disk."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc, recorded]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in NO_SPACE:
+            return e.errno
+        todo += [e.__cause__, e.__context__]
+    return None
+
+
+def no_space_error(path: str | os.PathLike, code: int, existed: bool) -> "Exception":
+    """The one-line KitError of a full disk while writing ``path``."""
+    from kit.errors import KitError
+
+    free = free_bytes(Path(path).parent)
+    where = f"{format_bytes(free)} free" if free is not None else "free space unknown"
+    kept = "the previous file is intact" if existed else "nothing was written"
+    return KitError(f"{NO_SPACE[code]} ({where}): free some space and rerun; {kept}", path=path)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", *, fsync: bool = True,
+                **kwargs: Any) -> Iterator[IO]:
+    """Open a temp file next to ``path``; on clean exit fsync (unless ``fsync=False``), give it
+    :func:`output_mode` and rename it to ``path``. Any error removes the temp file; a full disk
+    becomes :func:`no_space_error` (one KitError line)."""
+    path = Path(path)
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        code = no_space_errno(exc)
+        if code:
+            raise no_space_error(path, code, existed) from None
+        raise
+    os.close(fd)
+    raw = None
+    try:
+        fh, raw = _open_tmp(tmp, mode, kwargs)
+        with fh:
             yield fh
             fh.flush()
-            os.fsync(fh.fileno())
+            if fsync:
+                os.fsync(fh.fileno())
         os.chmod(tmp, output_mode(path))
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
+        code = no_space_errno(exc, raw.error if raw is not None else None)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if code:
+            raise no_space_error(path, code, existed) from None
         raise
 
 

@@ -155,28 +155,56 @@ class HistoryCSV(keras.callbacks.Callback):
             writer.writerows(rows)
 
 
+class NonFiniteLoss(FloatingPointError):
+    """Training met a NaN / infinite loss (or weights): ``epoch`` (1-based), ``step`` (1-based,
+    within the epoch), ``terms`` {name: value} of the non-finite loss terms ("weight_decay" when
+    only the total is; "weights" when an update made the weights non-finite), ``loss`` (total)."""
+
+    def __init__(self, message: str, epoch: int, step: int, terms: dict[str, float], loss: float):
+        super().__init__(message)
+        self.epoch, self.step, self.terms, self.loss = epoch, step, terms, loss
+
+    @property
+    def term(self) -> str:
+        return ", ".join(self.terms)
+
+
 class TerminateOnNaN(keras.callbacks.Callback):
-    """Stop training with a FloatingPointError that says where and what to do on a NaN/inf loss."""
+    """Stop training with a one-line :class:`NonFiniteLoss` at the step whose loss is NaN/inf, and
+    at an epoch's end whose weights are (the last update overflowed), before any callback after
+    it (val_map, best.h5, the checkpoint) sees them: a checkpoint is never written from them."""
 
     def __init__(self, checkpoint_hint: str, learning_rate: float):
         super().__init__()
         self.checkpoint_hint, self.learning_rate = checkpoint_hint, learning_rate
-        self.epoch = 0
+        self.epoch, self.steps = 0, 0
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self.epoch = epoch
+        self.epoch, self.steps = epoch, 0
+
+    def _stop(self, step: int, what: str, terms: dict[str, float], loss: float) -> None:
+        raise NonFiniteLoss(
+            f"{what} at epoch {self.epoch + 1}, step {step} (non-finite: {', '.join(terms)}); "
+            f"no checkpoint was written from these weights. Lower the learning rate (now "
+            f"{self.learning_rate:g}) or GRADIENT_CLIP_NORM, check the boxes for zero sizes, then "
+            f"resume from {self.checkpoint_hint}", self.epoch + 1, step, terms, loss)
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         logs = logs or {}
+        self.steps = batch + 1
         loss = float(logs.get("loss", 0.0))
         if math.isfinite(loss):
             return
-        bad = [k for k in (*LOSS_NAMES, IMAGE_CLASS_LOSS) if k in logs and not math.isfinite(float(logs[k]))]
-        raise FloatingPointError(
-            f"training loss is {loss} at epoch {self.epoch + 1}, batch {batch + 1} (non-finite: "
-            f"{', '.join(bad) or 'weight decay'}); this epoch is not checkpointed. Lower the "
-            f"learning rate (now {self.learning_rate}) or GRADIENT_CLIP_NORM, check the boxes "
-            f"for zero sizes, then resume from {self.checkpoint_hint}")
+        bad = {k: float(logs[k]) for k in (*LOSS_NAMES, IMAGE_CLASS_LOSS)
+               if k in logs and not math.isfinite(float(logs[k]))}
+        self._stop(batch + 1, f"training loss is {loss}", bad or {"weight_decay": loss}, loss)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        model = self.model
+        if model is not None and not all(np.isfinite(keras.ops.convert_to_numpy(w)).all()
+                                         for w in model.weights):
+            self._stop(self.steps, "the weights are not finite after the last update",
+                       {"weights": math.nan}, float((logs or {}).get("loss", math.nan)))
 
 
 def _existing_checkpoints(template: str, first: int, last: int) -> list[str]:

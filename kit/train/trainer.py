@@ -3,11 +3,17 @@ checkpoints (the command line is kit.flow.train, which may run the preflight fir
 
 runs/<run>/ gets config.json, train_ids.csv, val_ids.csv, checkpoints/mask_rcnn_*.h5,
 history.csv and curves.png. ``--resume RUN`` continues from the run's last checkpoint at the
-epoch after it (a run killed mid-epoch loses at most that epoch).
+epoch after it (a run killed mid-epoch loses at most that epoch); on resume only the learning
+rate may change (``--set learning_rate=...``, or ``stages`` with new ``lr_factor``s only), and
+train_state.json records the change. A NaN / infinite loss stops training at that step with one
+line (epoch, step, loss term); train_state.json says so and the last good checkpoint and best.h5
+are kept (see kit.mrcnn.training.TerminateOnNaN).
 """
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,8 +27,8 @@ from kit.config import RunConfig, get_preset
 from kit.errors import KitError
 from kit.io import write_csv, write_json
 from kit.log import say
-from kit.runs import (TRAIN_IDS, TRAIN_STATE, VAL_IDS, checkpoint_of, checkpoints, new_run_dir,
-                      read_ids, resolve_run, trained_epochs)
+from kit.runs import (BEST_WEIGHTS, TRAIN_IDS, TRAIN_STATE, VAL_IDS, checkpoint_of, checkpoints,
+                      new_run_dir, read_ids, resolve_run, trained_epochs)
 from kit.data.split import split_patients
 
 if TYPE_CHECKING:
@@ -91,12 +97,17 @@ def train(preset: str | None = None, data_dir: Path | None = None,
     runs/<run>/train_state.json says how it ended (complete, or stopped by the budget)."""
     from kit.data.weights import init_weights_path
 
+    resumed_with = None
     if resume:
-        if preset or overrides:
+        if preset:
             raise KitError("--resume continues a run with its saved config.json; "
-                           "drop --preset/--set (start a new run to change them)")
+                           "drop --preset (start a new run to change it)")
         run = resolve_run(resume, runs_dir)
         cfg = RunConfig.load(run / "config.json")
+        if overrides:
+            cfg, resumed_with = resume_overrides(cfg, overrides, trained_epochs(run))
+            cfg.save(run / "config.json")
+            say(f"resuming with {', '.join(overrides)} (recorded in {TRAIN_STATE})")
         if not checkpoints(run):        # no epoch yet: it starts from the init weights again
             init_weights_path(cfg, weights)
     else:
@@ -117,6 +128,7 @@ def train(preset: str | None = None, data_dir: Path | None = None,
     from kit.mrcnn.augment import albumentations_augmentation
     from kit.mrcnn.config import config_from
     from kit.mrcnn.model import MaskRCNN
+    from kit.mrcnn.training import NonFiniteLoss
 
     train_ds = RSNADataset(cache.load, cache.size, train_ids, boxes, classes)
     val_ds = RSNADataset(cache.load, cache.size, val_ids, boxes, classes)
@@ -189,10 +201,13 @@ def train(preset: str | None = None, data_dir: Path | None = None,
         say(f"stage: layers={stage.layers} epochs {model.epoch + 1}..{end} of "
             f"{cfg.total_epochs}, {mcfg.STEPS_PER_EPOCH} steps each, "
             f"lr={cfg.learning_rate * stage.lr_factor:g} augment={stage.augment}")
-        model.train(train_ds, val_ds, learning_rate=cfg.learning_rate * stage.lr_factor,
-                    epochs=end, layers=stage.layers,
-                    augmentation=augmentation if stage.augment else None,
-                    custom_callbacks=[metric, meter], workers=cfg.workers)
+        try:
+            model.train(train_ds, val_ds, learning_rate=cfg.learning_rate * stage.lr_factor,
+                        epochs=end, layers=stage.layers,
+                        augmentation=augmentation if stage.augment else None,
+                        custom_callbacks=[metric, meter], workers=cfg.workers)
+        except NonFiniteLoss as exc:
+            raise _stopped_by_nan(run, cfg, exc, resumed_with) from None
         model.epoch = trained_epochs(run)      # an epoch may end early (plan, budget)
         if model.epoch <= before:
             raise KitError(f"training did not finish an epoch after epoch {before}", path=run)
@@ -201,6 +216,8 @@ def train(preset: str | None = None, data_dir: Path | None = None,
     state = {"epochs_done": done, "epochs_scheduled": cfg.total_epochs,
              "complete": meter.stopped_at is None and done >= cfg.total_epochs,
              "stopped_by_budget": meter.stopped_at is not None,
+             "stopped_by": "budget" if meter.stopped_at is not None else None,
+             "resumed_with": _resumes(run, resumed_with),
              "steps_per_epoch": {"scheduled": scheduled, "last": mcfg.STEPS_PER_EPOCH},
              "step_s": meter.step_s, "seconds": round(time.time() - start, 1),
              "image_head_refit": refit}
@@ -210,6 +227,68 @@ def train(preset: str | None = None, data_dir: Path | None = None,
            else ""))
     _finish_history(run, model)
     return run
+
+
+RESUME_KEYS = ("learning_rate", "stages")    # what --set may change on --resume
+
+
+def resume_overrides(cfg: RunConfig, overrides: list[str], done: int) -> tuple[RunConfig, dict]:
+    """``cfg`` with the ``--set`` items a resumed run accepts (the learning rate: learning_rate,
+    or stages whose lr_factor alone changed) and the record of the change ({"epoch": first epoch
+    it applies to, "set": items, key: [old, new]})."""
+    keys = {item.partition("=")[0].strip().replace("-", "_") for item in overrides}
+    refused = sorted(keys - set(RESUME_KEYS))
+    if refused:
+        raise KitError(f"--resume continues a run with its saved config.json: only --set "
+                       f"learning_rate=... (or stages with new lr_factor values) may change, not "
+                       f"{', '.join(refused)}; start a new run to change them")
+    new = cfg.with_overrides(overrides)
+    shape = [(s.layers, s.epochs, s.augment) for s in cfg.stages]
+    if [(s.layers, s.epochs, s.augment) for s in new.stages] != shape:
+        raise KitError("--resume --set stages=...: only the stages' lr_factor may change on "
+                       f"resume; keep layers/epochs/augment as in config.json ({shape})")
+    rates = [new.learning_rate, *(s.lr_factor for s in new.stages)]
+    if not all(math.isfinite(r) and r > 0 for r in rates):
+        raise KitError(f"--set {' '.join(overrides)}: the learning rate and every lr_factor "
+                       "must be a positive number")
+    record: dict = {"epoch": done + 1, "set": list(overrides)}
+    if new.learning_rate != cfg.learning_rate:
+        record["learning_rate"] = [cfg.learning_rate, new.learning_rate]
+    if new.stages != cfg.stages:
+        record["lr_factors"] = [[s.lr_factor for s in cfg.stages],
+                                [s.lr_factor for s in new.stages]]
+    return new, record
+
+
+def _resumes(run: Path, resumed_with: dict | None) -> list[dict]:
+    """Every learning-rate change made on --resume so far (the last train_state.json's + this)."""
+    try:
+        earlier = json.loads((run / TRAIN_STATE).read_text()).get("resumed_with") or []
+    except (OSError, ValueError, AttributeError):
+        earlier = []
+    return [*earlier, *([resumed_with] if resumed_with else [])]
+
+
+def _stopped_by_nan(run: Path, cfg: RunConfig, exc, resumed_with: dict | None) -> KitError:
+    """Record in train_state.json why training stopped; the one line to show (a KitError)."""
+    found = checkpoints(run)
+    last = found[-1] if found else None
+    lr = cfg.learning_rate / 10
+    write_json(run / TRAIN_STATE, {
+        "stopped_by": "nan_loss", "epoch": exc.epoch, "step": exc.step, "term": exc.term,
+        "values": {k: str(v) for k, v in exc.terms.items()}, "loss": str(exc.loss),
+        "learning_rate": cfg.learning_rate, "epochs_done": trained_epochs(run),
+        "epochs_scheduled": cfg.total_epochs, "complete": False, "stopped_by_budget": False,
+        "last_checkpoint": str(last.relative_to(run)) if last else None,
+        "resumed_with": _resumes(run, resumed_with)})
+    kept = [p.name for p in (last, run / BEST_WEIGHTS) if p is not None and p.is_file()]
+    kept_s = (f"the last good {' and '.join(kept)} {'are' if len(kept) > 1 else 'is'} kept"
+              if kept else "no epoch had finished yet")
+    values = ", ".join(str(v) for v in exc.terms.values())
+    return KitError(f"training stopped at epoch {exc.epoch}, step {exc.step}: {exc.term} is "
+                    f"{values} (total loss {exc.loss}); {kept_s}; resume with a lower learning "
+                    f"rate: python -m kit train --resume {run} --set learning_rate={lr:g}",
+                    path=run / TRAIN_STATE)
 
 
 def _refit_ids(cfg: RunConfig, train_ids: list[str], classes: dict[str, int]) -> list[str]:
