@@ -80,12 +80,12 @@ def _open_tmp(tmp: str, mode: str, kwargs: dict) -> tuple[IO, _RecordingFileIO |
 
 
 def format_bytes(n: float) -> str:
-    """A size for people: 512 bytes, 12 kB, 12 MB, 3.4 GB (powers of 1000)."""
+    """A size for people: 512 bytes, 12 kB, 12 MB, 3.4 GB, 1.2 TB (powers of 1000)."""
     if n < 1000:
         return f"{n:.0f} bytes"
-    for unit, scale in (("kB", 1e3), ("MB", 1e6), ("GB", 1e9)):
-        if n < scale * 1000:
-            return f"{n / scale:.0f} {unit}"
+    for unit, scale, digits in (("kB", 1e3, 0), ("MB", 1e6, 0), ("GB", 1e9, 1)):
+        if n < scale * 999.5:
+            return f"{n / scale:.{digits}f} {unit}"
     return f"{n / 1e12:.1f} TB"
 
 
@@ -153,7 +153,9 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", *, fsync: bool = True,
         os.chmod(tmp, output_mode(path))
         os.replace(tmp, path)
     except BaseException as exc:
-        code = no_space_errno(exc, raw.error if raw is not None else None)
+        # a write that failed on a full disk explains a later error (h5py's errno-less one)
+        recorded = raw.error if raw is not None and isinstance(exc, Exception) else None
+        code = no_space_errno(exc, recorded)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         if code:

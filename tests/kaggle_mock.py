@@ -5,7 +5,8 @@ http://localhost/api/v1/<Service>/<Method>) and HTTP(S)_PROXY=http://127.0.0.1:<
 server sees absolute-form request lines. It listens on 127.0.0.1 only and answers CONNECT
 (tunnels to anything real) with 403, so nothing can leave the machine.
 
-``KaggleMock.answers[method]`` is (status, JSON body) or a callable(request) -> (status, body);
+``KaggleMock.answers[method]`` is (status, JSON body[, headers]) or a callable(request) -> that
+(``answer_in_turn`` gives one answer per call);
 ``KaggleMock.calls`` records every API call as (method, JSON body, headers); ``files`` maps a
 path under /files/ to bytes served by GET; ``uploads`` collects PUT bodies (answered
 ``put_status``).
@@ -88,6 +89,18 @@ class KaggleMock:
                 "KAGGLE_USERNAME": USERNAME, "KAGGLE_KEY": KEY}
 
 
+def answer_in_turn(*answers: tuple) -> Callable[[dict], tuple]:
+    """An answer that is ``answers[0]`` on the first call, ``answers[1]`` on the next, ... (the
+    last one from then on): e.g. 429 then 200."""
+    calls = []
+
+    def answer(body: dict) -> tuple:
+        calls.append(body)
+        return answers[min(len(calls), len(answers)) - 1]
+
+    return answer
+
+
 def _handler(mock: KaggleMock) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -125,10 +138,10 @@ def _handler(mock: KaggleMock) -> type[BaseHTTPRequestHandler]:
             answer = mock.answers.get(method, (404, {"code": 404, "message": f"no {method}"}))
             if callable(answer):
                 answer = answer(body)
-            status, payload = answer
+            status, payload, *extra = answer
             if status in (301, 302, 303, 307):
                 return self._send(status, b"", headers={"Location": payload})
-            self._send(status, json.dumps(payload).encode())
+            self._send(status, json.dumps(payload).encode(), headers=extra[0] if extra else None)
 
         def do_GET(self) -> None:
             path = urlsplit(self.path).path
@@ -187,3 +200,29 @@ def mock_kaggle(tmp_path, monkeypatch, no_creds, bounded):
     yield mock
     mock.close()
     assert not [o for o in mock.other if o.startswith("CONNECT")], "a tunnel was attempted"
+
+
+TOKEN = "kat_" + "t" * 28    # fake access token
+
+
+@pytest.fixture
+def mock_kaggle_token(mock_kaggle, monkeypatch):
+    """The loopback mock, signed in with an access token only (KAGGLE_API_TOKEN; no kaggle.json,
+    no KAGGLE_USERNAME/KEY): the client asks Kaggle about the token first (IntrospectToken).
+    The client is imported before (importing it signs in once, which would take an answer)."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        from kaggle.api.kaggle_api_extended import KaggleApi
+    folder = Path(os.environ["HOME"]) / ".kaggle"
+    (folder / "kaggle.json").unlink()
+    # the client fixes where kaggle.json is when first imported (an earlier test's HOME)
+    monkeypatch.setattr(KaggleApi, "config_dir", str(folder))
+    monkeypatch.setattr(KaggleApi, "config", str(folder / "kaggle.json"))
+    monkeypatch.delenv("KAGGLE_USERNAME")
+    monkeypatch.delenv("KAGGLE_KEY")
+    monkeypatch.setenv("KAGGLE_API_TOKEN", TOKEN)
+    mock_kaggle.answers.setdefault("IntrospectToken",
+                                   (200, {"active": True, "username": USERNAME}))
+    return mock_kaggle

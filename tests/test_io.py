@@ -1,8 +1,11 @@
-"""kit.io: atomic outputs, their permissions, the CSV reader's errors."""
+"""kit.io: atomic outputs, their permissions, a full disk, the CSV reader's errors."""
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import stat
+from collections import namedtuple
 
 import pandas as pd
 import pytest
@@ -71,3 +74,64 @@ def test_read_csv_names_file_and_missing_column(tmp_path):
         io.read_csv(tmp_path / "t.csv", ["a", "c"])
     with pytest.raises(KitError, match="run this first"):
         io.read_csv(tmp_path / "none.csv", not_found="run this first")
+
+
+@pytest.fixture
+def free_12mb(monkeypatch):
+    """shutil.disk_usage reports 12 MB free."""
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 ** 9, 10 ** 9 - 12e6, 12e6))
+
+
+def _raise(code):
+    def fail(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+    return fail
+
+
+def test_a_full_disk_at_the_rename_keeps_the_old_table(tmp_path, monkeypatch, free_12mb):
+    path = tmp_path / "raw_val.csv"
+    path.write_text("old\n")
+    monkeypatch.setattr(os, "replace", _raise(errno.ENOSPC))
+    with pytest.raises(KitError) as err:
+        io.write_csv(path, pd.DataFrame({"a": [1, 2]}))
+    assert str(err.value) == (f"{path}: no space left on the device (12 MB free): free some "
+                              "space and rerun; the previous file is intact")
+    assert path.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["raw_val.csv"]
+    monkeypatch.undo()                                  # space freed: the rerun writes it
+    io.write_csv(path, pd.DataFrame({"a": [1, 2]}))
+    assert path.read_text() == "a\n1\n2\n"
+
+
+def test_a_full_disk_while_writing_is_found_through_the_write(tmp_path, monkeypatch, free_12mb):
+    path = tmp_path / "submission.csv"
+    path.write_text("old")
+    write = io._RecordingFileIO.write
+    monkeypatch.setattr(io._RecordingFileIO, "write", _raise(errno.ENOSPC))
+    with pytest.raises(KitError, match="no space left on the device .12 MB free.*intact"):
+        io.write_text(path, "x" * 100_000)
+    assert path.read_text() == "old" and len(list(tmp_path.iterdir())) == 1
+    monkeypatch.setattr(io._RecordingFileIO, "write", write)
+    io.write_text(path, "new")
+    assert path.read_text() == "new"
+
+
+def test_a_full_disk_before_anything_is_written(tmp_path, monkeypatch, free_12mb):
+    monkeypatch.setattr(io.tempfile, "mkstemp", _raise(errno.ENOSPC))
+    with pytest.raises(KitError, match=r"new.json: no space left .* rerun; nothing was written$"):
+        io.write_json(tmp_path / "new.json", {})
+    monkeypatch.setattr(io.tempfile, "mkstemp", _raise(errno.EACCES))
+    with pytest.raises(PermissionError):               # other errors pass through unchanged
+        io.write_json(tmp_path / "new.json", {})
+
+
+def test_a_quota_and_the_fsync(tmp_path, monkeypatch, free_12mb):
+    monkeypatch.setattr(os, "fsync", _raise(errno.EDQUOT))
+    with pytest.raises(KitError, match="q.txt: disk quota exceeded .12 MB free."):
+        io.write_text(tmp_path / "q.txt", "x")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_format_bytes():
+    assert [io.format_bytes(n) for n in (0, 999, 12_000, 999_999, 12e6, 3.4e9, 2.5e12)] == [
+        "0 bytes", "999 bytes", "12 kB", "1 MB", "12 MB", "3.4 GB", "2.5 TB"]

@@ -132,14 +132,22 @@ def test_history_csv_appends_and_replaces_rerun_epochs(tmp_path):
     assert lines == ["epoch,loss,val_loss", "1,3.0,", "2,1.5,2.2"]
 
 
-def test_terminate_on_nan_names_epoch_batch_and_loss():
+def test_terminate_on_nan_names_epoch_step_and_loss_and_checks_the_weights():
     cb = T.TerminateOnNaN("load_weights(find_last()) in runs/x", 0.02)
     cb.on_epoch_begin(4)
     cb.on_train_batch_end(0, {"loss": 1.0})
-    with pytest.raises(FloatingPointError, match=r"epoch 5, batch 3 \(non-finite: rpn_bbox_loss\)"
-                                                 r".*learning rate \(now 0.02\)"):
+    with pytest.raises(T.NonFiniteLoss, match=r"epoch 5, step 3 \(non-finite: rpn_bbox_loss\)"
+                                              r".*learning rate \(now 0.02\)") as err:
         cb.on_train_batch_end(2, {"loss": float("nan"), "rpn_bbox_loss": float("inf"),
                                   "rpn_class_loss": 0.5})
+    assert (err.value.epoch, err.value.step, err.value.term) == (5, 3, "rpn_bbox_loss")
+    assert "\n" not in str(err.value) and isinstance(err.value, FloatingPointError)
+    model = _toy_model()
+    cb.set_model(model)
+    cb.on_epoch_end(4, {"loss": 1.0})                 # finite weights: nothing happens
+    model.trainable_weights[0].assign(np.full(model.trainable_weights[0].shape, np.inf))
+    with pytest.raises(T.NonFiniteLoss, match=r"weights are not finite.*epoch 5, step 3"):
+        cb.on_epoch_end(4, {"loss": 1.0})
 
 
 def test_mixed_precision_step_keeps_float32_losses_and_scales_the_loss():

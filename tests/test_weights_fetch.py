@@ -281,3 +281,40 @@ def test_a_kaggle_session_fetches_a_missing_file(serve, fake_coco, hermetic, mon
     path = WD.init_weights_path(get_preset("tiny", ["init=coco"]))
     assert path == Path("data/weights/mask_rcnn_coco.h5") and path.read_bytes() == CONTENT
     assert WD.init_weights_path(get_preset("tiny", ["init=coco"])) == path and seen == [None]
+
+
+def test_a_full_disk_during_a_download_is_one_line(serve, fake_coco, tmp_path, monkeypatch):
+    """ENOSPC while writing the .part: one KitError naming the file and the free space."""
+    import builtins
+    import errno
+
+    real_open = builtins.open
+
+    class Full:
+        def __init__(self, fh):
+            self.fh = fh
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.fh, name)
+
+    def fake_open(path, mode="r", *args, **kwargs):
+        fh = real_open(path, mode, *args, **kwargs)
+        return Full(fh) if str(path).endswith(".part") and mode in ("ab", "wb") else fh
+
+    url, _ = serve()
+    monkeypatch.setattr(builtins, "open", fake_open)
+    with pytest.raises(KitError) as err:
+        WD.download(fake_coco, url, tmp_path / "w" / "mask_rcnn_coco.h5", progress=False)
+    line = str(err.value)
+    assert "\n" not in line and "no space left on the device" in line and "free" in line
+    assert "mask_rcnn_coco.h5.part" in line
+    assert not (tmp_path / "w" / "mask_rcnn_coco.h5").exists()

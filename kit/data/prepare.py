@@ -30,7 +30,7 @@ from tqdm import tqdm
 from kit import paths
 from kit.data import dicom
 from kit.errors import KitError
-from kit.io import write_csv, write_json
+from kit.io import atomic_open, write_csv, write_json
 from kit.data.labels import read_labels, read_sample_submission
 from kit.paths import default_data_dir
 
@@ -105,10 +105,8 @@ def _prepare_one(task: tuple[str, str, Path, Path, int]
         return None, str(exc), {}
     except Exception as exc:   # damage the reader did not foresee: still only this file
         return None, f"{src}: unreadable ({dicom.one_line(exc)})", {}
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    with open(tmp, "wb") as fh:
+    with atomic_open(dst, "wb", fsync=False) as fh:   # a full disk: one line, nothing half-written
         np.save(fh, arr)
-    os.replace(tmp, dst)
     return row, None, dict(header.get("notes") or {})
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from kit import paths
 from kit.config import RunConfig
 from kit.errors import KitError
-from kit.io import atomic_open, output_mode
+from kit.io import atomic_open, no_space_errno, no_space_error, output_mode
 
 WEIGHTS_DIR = paths.DATA / "weights"
 KAGGLE_WORKING = Path("/kaggle/working")   # exists only in a Kaggle session: fetching allowed there
@@ -263,6 +263,9 @@ def download(wf: WeightFile, url: str, dest: Path, progress: bool = True) -> Pat
                                f"or give another with --url or {URL_ENV}"
                                f"{wf.name.upper().replace('-', '_')}", path=url) from exc
         except (OSError, http.client.HTTPException) as exc:
+            code = no_space_errno(exc)
+            if code:          # a full disk: one line with the free space; the .part is kept
+                raise no_space_error(part, code, existed=False) from None
             got = part.stat().st_size if part.is_file() else 0
             if not got:
                 raise KitError(f"download failed ({exc}); no internet here? copy the file from "

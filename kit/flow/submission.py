@@ -16,6 +16,7 @@ from kit import paths
 from kit.budget import add_budget_arg
 from kit.config import PRESETS, RunConfig, get_preset
 from kit.errors import KitError
+from kit.io import write_text
 from kit.log import say
 from kit.flow.preflight import add_preflight_args
 from kit.runs import TRAIN_STATE, checkpoint_of, trained_epochs, val_ids
@@ -171,7 +172,7 @@ def run_submission(args: argparse.Namespace) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(sub, Path(args.out).with_suffix(".tmp"))
         Path(args.out).with_suffix(".tmp").replace(args.out)
-    (run / "pipeline.done").write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
+    write_text(run / "pipeline.done", time.strftime("%Y-%m-%d %H:%M:%S\n"))
     if budget:
         say(f"time budget {format_duration(budget.seconds)}: finished with "
             f"{format_duration(budget.left())} to spare")
