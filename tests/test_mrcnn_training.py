@@ -384,3 +384,44 @@ def test_tiny_model_overfits_one_image_and_detect_finds_the_box(mrcnn, tmp_path)
     assert len(result["rois"]) >= 1
     iou = utils.compute_overlaps(result["rois"], np.array([box]))[:, 0]
     assert iou.max() > 0.5, (result["rois"], result["scores"])
+
+
+# Two stages on the same layers (the demo's lr steps): once reusing the traced graph with the
+# optimizer restarted, once compiled afresh per stage, in one fresh process with op determinism.
+TWO_STAGES = """
+import hashlib
+import tensorflow as tf
+import keras
+tf.config.experimental.enable_op_determinism()
+from kit.mrcnn.model import MaskRCNN
+from test_mrcnn_training import _boxes_dataset, _model_config
+
+ds = _boxes_dataset([[(10, 10, 40, 30)], [], [(30, 8, 60, 40), (4, 40, 20, 60)], []])
+
+def run(reuse, folder):
+    keras.utils.set_random_seed(7)
+    model = MaskRCNN("training", _model_config(SEED=7, STEPS_PER_EPOCH=2, OPTIMIZER="ADAM"),
+                     folder)
+    model.train(ds, None, 0.001, 1, "heads")
+    traced = model.keras_model.train_function
+    if not reuse:
+        model.compiled_for = None            # what train() did before: compile each stage
+    history = model.train(ds, None, 0.0003, 2, "heads")
+    weights = b"".join(w.numpy().tobytes() for w in model.keras_model.weights)
+    return {"loss": history.history["loss"], "same_graph": model.keras_model.train_function is traced,
+            "lr": float(model.keras_model.optimizer.learning_rate),
+            "weights": hashlib.sha256(weights).hexdigest()}
+
+print(json.dumps([run(True, sys.argv[1] + "/a"), run(False, sys.argv[1] + "/b")]))
+"""
+
+
+@pytest.mark.slow
+def test_a_stage_that_only_changes_the_lr_reuses_the_graph_with_the_same_result(tmp_path):
+    proc = _run_python(TWO_STAGES, str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reused, fresh = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert reused["same_graph"] and not fresh["same_graph"]
+    assert reused["lr"] == pytest.approx(0.0003) and fresh["lr"] == pytest.approx(0.0003)
+    assert reused["loss"] == fresh["loss"]               # a restarted optimizer is a new one
+    assert reused["weights"] == fresh["weights"]

@@ -100,3 +100,12 @@ def test_folds_validate_on_disjoint_images(data):
     assert not val[0] & val[1]
     assert val[0] | val[1] == train_ids[0] | val[0] == train_ids[1] | val[1]
     assert train_ids[0] == val[1] and train_ids[1] == val[0]
+
+
+def test_traces_left_counts_only_stages_on_other_layers():
+    from kit.train.trainer import traces_left
+
+    kaggle = get_preset("kaggle")            # heads 1-2, 4+ 3-6, all 7-12: two more traces
+    assert [traces_left(kaggle, d) for d in (0, 2, 3, 6, 7, 12)] == [2, 2, 1, 1, 0, 0]
+    demo = get_preset("demo")                # all, all (lr x0.3), all (lr x0.1): one graph
+    assert [traces_left(demo, d) for d in range(13)] == [0] * 13

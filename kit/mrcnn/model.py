@@ -191,6 +191,7 @@ class MaskRCNN:
         self.model_dir = str(model_dir)
         self.strategy = strategy or default_strategy()
         self.epoch = 0
+        self.compiled_for: str | None = None   # the trainable-layers regex of the last compile
         self.set_log_dir()
         policy = keras.config.dtype_policy()
         if config.MIXED_PRECISION:   # conv/dense layers in float16; graph layers stay float32
@@ -261,6 +262,7 @@ class MaskRCNN:
         Recurses into nested models (rpn_model). Frozen BatchNorm (TRAIN_BN=False) keeps its
         moving statistics whatever this says; its gamma/beta follow the regex.
         """
+        self.compiled_for = None      # the next train() compiles (and traces) again
         self.keras_model.trainable = True
         for layer in walk_layers(self.keras_model):
             if isinstance(layer, keras.Model):

@@ -227,6 +227,25 @@ def make_optimizer(config: Any, learning_rate: float) -> keras.optimizers.Optimi
     return optimizer
 
 
+def can_reuse_graph(model: Any, trainable: str) -> bool:
+    """Whether the last compile (and its traced train function) serves a stage training the
+    layers ``trainable`` (a regex): same layers, a train function already traced, and no loss
+    scaling (whose state a fresh optimizer would reset differently)."""
+    keras_model = model.keras_model
+    return (getattr(model, "compiled_for", None) == trainable
+            and not model.config.MIXED_PRECISION
+            and getattr(keras_model, "optimizer", None) is not None
+            and getattr(keras_model, "train_function", None) is not None)
+
+
+def restart_optimizer(optimizer: keras.optimizers.Optimizer, learning_rate: float) -> None:
+    """Put ``optimizer`` back to the state of a new one at ``learning_rate``: its step count
+    and slots (momentum, Adam's moments) zeroed, in place, so a traced graph keeps using it."""
+    for variable in optimizer.variables:
+        variable.assign(keras.ops.zeros_like(variable))
+    optimizer.learning_rate = learning_rate
+
+
 def train(model: Any, train_dataset: Any, val_dataset: Any | None, learning_rate: float,
           epochs: int, layers: str, augmentation: Augmentation | None = None,
           custom_callbacks: list[keras.callbacks.Callback] | None = None,
@@ -273,10 +292,17 @@ def train(model: Any, train_dataset: Any, val_dataset: Any | None, learning_rate
     ]
     print(f"Starting at epoch {model.epoch}. LR={learning_rate}\nCheckpoint path: "
           f"{model.checkpoint_path}")
-    model.set_trainable(layer_regex(layers))
-    with model.strategy.scope():
-        model.keras_model.compile(optimizer=make_optimizer(config, learning_rate),
-                                  jit_compile=False)
+    trainable = layer_regex(layers)
+    if can_reuse_graph(model, trainable):   # a stage that only changes the lr or augmentation
+        restart_optimizer(model.keras_model.optimizer, learning_rate)
+        print(f"Same trainable layers as the last stage: the traced training graph is reused "
+              f"(optimizer restarted at LR={learning_rate})")
+    else:
+        model.set_trainable(trainable)
+        with model.strategy.scope():
+            model.keras_model.compile(optimizer=make_optimizer(config, learning_rate),
+                                      jit_compile=False)
+        model.compiled_for = trainable
     # a progress bar on a terminal; one line per epoch in a log file (a Kaggle kernel's log)
     verbose = 1 if sys.stdout.isatty() else 2
     history = model.keras_model.fit(train_gen, initial_epoch=model.epoch, epochs=epochs,

@@ -189,7 +189,8 @@ class BudgetMeter(keras.callbacks.Callback):
         now = self.clock()
         took = now - self._t
         if self._first:
-            self.trace_s, self._first = took, False
+            # a reused graph's first batch is a plain step: keep the longest trace seen
+            self.trace_s, self._first = max(self.trace_s, took), False
         else:
             self.steps.append(took)
         self._last_batch_end = now

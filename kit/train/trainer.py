@@ -128,6 +128,7 @@ def train(preset: str | None = None, data_dir: Path | None = None,
     from kit.mrcnn.augment import albumentations_augmentation
     from kit.mrcnn.config import config_from
     from kit.mrcnn.model import MaskRCNN
+    from kit.mrcnn.training import layer_regex
     from kit.mrcnn.training import NonFiniteLoss
 
     train_ds = RSNADataset(cache.load, cache.size, train_ids, boxes, classes)
@@ -187,12 +188,15 @@ def train(preset: str | None = None, data_dir: Path | None = None,
         if stage_end is None:
             break
         stage, end = stage_end
+        # a fit on other layers than the last one traces the graph first (the same layers reuse
+        # it: kit.mrcnn.training.can_reuse_graph)
+        trace_s = meter.trace_s if model.compiled_for != layer_regex(stage.layers) else 0.0
         if budget and meter.step_s is not None and B.should_stop(
-                budget.left() - meter.trace_s, meter.costs()):   # a new fit traces first
+                budget.left() - trace_s, meter.costs()):
             meter.stopped_at = 0
             left, reserve = B.format_duration(budget.left()), B.reserve_s(meter.costs())
             say(f"time budget: not starting epoch {model.epoch + 1} ({left} left; tracing the "
-                f"graph again takes {meter.trace_s:.0f} s, the reserve is "
+                f"graph again takes {trace_s:.0f} s, the reserve is "
                 f"{B.format_duration(reserve)})")
             break
         if meter.epoch_limit is not None:
@@ -319,13 +323,19 @@ def _refit_head(run: Path, infer, ids: list[str], classes: dict[str, int], load_
     return info
 
 
+def traces_left(cfg: RunConfig, done: int) -> int:
+    """Graph traces the schedule still needs after epoch ``done``: one per later stage whose
+    trainable layers differ from the stage before it (a stage on the same layers, e.g. one that
+    only lowers the learning rate, reuses the traced graph)."""
+    schedule = cfg.schedule
+    return sum(1 for i in range(1, len(schedule))
+               if schedule[i - 1][1] >= done and schedule[i][0].layers != schedule[i - 1][0].layers)
+
+
 def _plan(budget: Budget, meter: BudgetMeter, cfg: RunConfig, done: int, scheduled: int) -> int:
     """Steps per epoch for the rest of the schedule (kit.budget.plan_steps), logged."""
     costs = meter.costs()
-    # every later fit traces the graph again: the rest of this stage (if this epoch is cut) and
-    # each later stage
-    fits_left = sum(1 for _, end in cfg.schedule if end > done)
-    available = budget.left() - B.reserve_s(costs) - fits_left * meter.trace_s
+    available = budget.left() - B.reserve_s(costs) - traces_left(cfg, done) * meter.trace_s
     epochs_left = cfg.total_epochs - done
     steps = B.plan_steps(available, epochs_left, scheduled, costs)
     eta = epochs_left * (steps * costs.step_s + costs.epoch_end_s)
