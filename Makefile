@@ -42,6 +42,7 @@ TTA ?=
 DIFFICULTY ?=
 WEIGHTS ?= coco
 PORT ?=
+K ?= 5
 PRESET_ARG := $(if $(PRESET),--preset $(PRESET))
 DATA_ARG := $(if $(DATA),--data $(DATA))
 LABELS_ARG := $(if $(LABELS),--labels $(LABELS))
@@ -52,7 +53,8 @@ KERNEL_ARGS := $(PRESET_ARG) $(SET_ARG) $(BUDGET_ARG) $(if $(SUFFIX),--suffix $(
 
 .PHONY: help setup test test-fast lint submission data demo-data labels prepare train predict \
         tune submit validate score leaderboard report kernels kernels-push kernels-status \
-        kernels-output kaggle-scores kaggle-env bench bench-peers clean ensemble weights view upgrade-pins
+        kernels-output kaggle-scores kaggle-env bench bench-peers clean ensemble weights view upgrade-pins \
+        folds config
 
 help: ## list the targets with what each does
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/' | expand -t 16
@@ -103,6 +105,9 @@ demo-data: $(STAMP) ## write the embedded synthetic data set into data/demo (DIF
 labels: $(STAMP) ## validate the label CSVs and print counts (DATA=...)
 	$(PY) -m kit labels $(DATA_ARG)
 
+config: $(STAMP) ## every key of PRESET with its value and meaning (SET="seed=1")
+	$(PY) -m kit config $(PRESET_ARG) $(SET_ARG)
+
 prepare: $(STAMP) ## decode + resize DICOMs into data/cache (DATA=... SIZE=256)
 	$(PY) -m kit prepare $(DATA_ARG) $(if $(SIZE),--size $(SIZE))
 
@@ -152,6 +157,9 @@ kernels-output: $(STAMP) ## download kernel NAME's outputs into runs/
 
 ensemble: $(STAMP) ## fuse RUNS="A B C" (folds or seeds) into the run folder runs/ENSEMBLE
 	$(PY) -m kit ensemble --runs $(RUNS) --name $(ENSEMBLE)
+
+folds: $(STAMP) ## train K=5 folds of PRESET, predict, ensemble into runs/NAME, tune (rerun resumes)
+	$(PY) -m kit folds --k $(K) $(PRESET_ARG) $(SET_ARG) $(DATA_ARG) $(if $(filter-out full,$(NAME)),--name $(NAME))
 
 kaggle-scores: $(STAMP) ## public/private scores of our Kaggle submissions
 	$(PY) -m kit kaggle-scores

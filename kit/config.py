@@ -279,6 +279,82 @@ PRESETS.update({
 })
 
 
+# one line per RunConfig field: what `python -m kit config` prints beside each value
+FIELD_HELP: dict[str, str] = {
+    "name": "preset name; the run folder is runs/<name>-<timestamp>",
+    "backbone": "ResNet backbone: resnet50 | resnet101",
+    "image_size": "side in pixels of the prepared square image the model sees (multiple of 64)",
+    "init": "initial weights: coco | imagenet | none | path to a .h5 file",
+    "stages": "training schedule: stages of {layers, epochs, lr_factor, augment}, in order",
+    "learning_rate": "base learning rate (each stage multiplies it by its lr_factor)",
+    "optimizer": "sgd (momentum 0.9, as Matterport) | adam",
+    "images_per_gpu": "images per batch on each GPU",
+    "steps_per_epoch": "training steps per epoch (0: one pass over the training images)",
+    "validation_steps": "validation-loss steps per epoch (0: one pass over the val images)",
+    "n_val": "validation images of the seeded split (20% when that is half the data or more)",
+    "split_seed": "seed of the train/val split and of the folds",
+    "seed": "seed of weight init, data order, augmentation and sampling",
+    "folds": "0: one seeded train/val split; K >= 2: stratified patient folds",
+    "fold": "with folds=K: which fold (0 .. K-1) is the validation set",
+    "rpn_anchor_scales": "anchor side in pixels for each pyramid level P2..P6 (5 values)",
+    "rpn_anchor_ratios": "anchor height/width ratios at every location",
+    "train_rois_per_image": "ROIs per image fed to the classifier/mask heads in training",
+    "rpn_train_anchors_per_image": "anchors per image the RPN loss is computed on",
+    "pre_nms_limit": "top-scoring anchors kept before the proposal NMS",
+    "post_nms_rois_training": "proposals kept after NMS in training",
+    "post_nms_rois_inference": "proposals kept after NMS in inference",
+    "max_gt_instances": "most ground-truth boxes used per image",
+    "top_down_pyramid_size": "FPN channels (256 to load COCO weights)",
+    "fc_layers_size": "width of the classifier head's fully connected layers (1024 for COCO)",
+    "mask_pool_size": "mask head input side; masks come out twice that",
+    "detection_max_instances": "most detections per image",
+    "detection_min_confidence": "score floor of RAW detections (thresholds are tuned later)",
+    "detection_nms_threshold": "NMS IoU among an image's final detections",
+    "rpn_nms_threshold": "NMS IoU among RPN proposals",
+    "weight_decay": "L2 weight decay",
+    "train_bn": "train BatchNorm layers (true when training from scratch)",
+    "bn_momentum": "BatchNorm moving-average momentum when train_bn is true",
+    "mini_mask": "store ground-truth masks at a small fixed size (saves memory)",
+    "image_classifier": "add the 3-way image-level head (Lung Opacity / Not Normal / Normal)",
+    "image_class_loss_weight": "weight of the image-level head's loss",
+    "image_head_refit": "train images the image head is refitted on after training (0: off)",
+    "proposals_with_gt": "append ground-truth boxes to the proposals (false: as Matterport)",
+    "val_map_images": "val images the epoch-end mAP detects on (0: all)",
+    "keep_checkpoints": "newest epoch checkpoints kept (0: all)",
+    "tta": "test-time augmentation: none | flip (horizontal flip, boxes fused by WBF)",
+    "workers": "data-loader worker threads",
+    "mixed_precision": "float16 compute on GPUs",
+    "notes": "free text saved with the run",
+    "data_dir": "the data set the run learned from (set by train)",
+}
+
+
+def add_config_args(p) -> None:
+    p.add_argument("--preset", default="demo", choices=list(PRESETS),
+                   help="the preset to print (default: demo)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value before printing, as train does (repeatable)")
+
+
+def format_config(cfg: RunConfig) -> str:
+    """Every key of ``cfg`` with its value (JSON) and its one-line meaning."""
+    d = cfg.to_dict()
+    values = {k: json.dumps(v) for k, v in d.items()}
+    width = max(map(len, d))
+    vwidth = min(max(len(v) for v in values.values()), 28)
+    lines = []
+    for key, value in values.items():
+        pad = value if len(value) <= vwidth else value + "\n" + " " * (width + vwidth + 4)
+        lines.append(f"{key:<{width}}  {pad:<{vwidth}}  # {FIELD_HELP.get(key, '')}")
+    return "\n".join(lines)
+
+
+def run_config(args) -> int:
+    """``config``: print a preset's every key, value and meaning."""
+    print(format_config(get_preset(args.preset, args.set)))
+    return 0
+
+
 def get_preset(name: str, overrides: list[str] | None = None) -> RunConfig:
     if name not in PRESETS:
         raise KitError(f"unknown preset {name!r}; choose from: {', '.join(PRESETS)}")

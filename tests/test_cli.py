@@ -77,3 +77,28 @@ def test_a_closed_pipe_ends_quietly(tmp_path):
                   "--no-leaderboard"]):
         code, err = _closed_pipe_run(argv, tmp_path)
         assert (code, err) == (141, ""), argv
+
+
+def _actions(parser):
+    """Every action of a parser and of its subcommands' parsers."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _actions(sub)
+        else:
+            yield parser.prog, action
+
+
+def test_every_flag_of_every_command_has_help():
+    import argparse
+
+    missing = []
+    for command in cli.COMMANDS:
+        for prog, action in _actions(cli.build_parser(command)):
+            if isinstance(action, argparse._HelpAction):
+                continue
+            if not (action.help or "").strip() or action.help == argparse.SUPPRESS:
+                missing.append(f"{prog} {'/'.join(action.option_strings) or action.dest}")
+    assert not missing, "flags without help: " + ", ".join(missing)

@@ -48,3 +48,33 @@ def test_overrides_parse_types_and_reject_unknown_keys():
 def test_stage_override_from_json():
     cfg = get_preset("tiny", ['stages=[{"layers": "heads", "epochs": 3}]'])
     assert cfg.stages == (Stage("heads", 3),)
+
+
+def test_every_field_has_a_one_line_meaning():
+    import dataclasses
+
+    from kit.config import FIELD_HELP
+
+    fields = [f.name for f in dataclasses.fields(RunConfig)]
+    assert sorted(FIELD_HELP) == sorted(fields)
+    assert all(FIELD_HELP[k].strip() and "\n" not in FIELD_HELP[k] for k in fields)
+
+
+def test_config_command_prints_every_key_value_and_meaning(capsys):
+    import dataclasses
+    import json
+
+    from kit import cli
+    from kit.config import FIELD_HELP
+
+    assert cli.main(["config", "--preset", "tiny", "--set", "seed=7"]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines() if line and not line[0].isspace()}
+    cfg = get_preset("tiny", ["seed=7"])
+    for f in dataclasses.fields(RunConfig):
+        assert f.name in lines, f.name
+        assert json.dumps(getattr(cfg, f.name) if f.name != "stages"
+                          else [dataclasses.asdict(s) for s in cfg.stages]) in out
+        assert FIELD_HELP[f.name] in out
+    assert lines["seed"].split()[1] == "7"
+    assert cli.main(["config", "--preset", "tiny", "--set", "nope=1"]) == 2

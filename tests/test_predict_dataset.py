@@ -1,5 +1,6 @@
 """Box conversions at the model boundary, flip TTA and the RSNA dataset (no TensorFlow)."""
 import numpy as np
+import pytest
 
 from kit.train.dataset import RSNADataset, boxes_to_masks
 from kit.data.prepare import as_rgb
@@ -70,3 +71,32 @@ def test_rsna_dataset_serves_rgb_images_and_masks():
     mask, class_ids = ds.load_mask(1)
     assert mask.shape == (64, 64, 0) and class_ids.shape == (0,)
     assert as_rgb(images["a"]).shape == (64, 64, 3)
+
+
+def test_a_folder_of_dicoms_is_prepared_with_its_damaged_file_named(in_tmp):
+    import shutil
+
+    from kit import paths
+    from kit.data.demo import make_dataset
+    from kit.errors import KitError
+    from kit.infer.predict import images_cache_dir, images_name, predict_images, prepare_folder
+
+    make_dataset(in_tmp / "d", n_train=4, n_test=2, size=64, seed=1)
+    films = in_tmp / "my films"
+    films.mkdir()
+    good = sorted((in_tmp / "d" / paths.TEST_IMAGES).glob("*.dcm"))
+    for src in good:
+        shutil.copy(src, films / src.name)
+    (films / "broken.dcm").write_bytes(b"DICM" * 10)
+    cache, ids, sides, errors = prepare_folder(films, 64)
+    assert images_name(films) == "my-films" and cache == images_cache_dir(films, 64)
+    assert ids == sorted([s.stem for s in good] + ["broken"])
+    assert set(sides) == {s.stem for s in good} and all(v == 64 for v in sides.values())
+    assert len(errors) == 1 and "broken.dcm" in errors[0]
+    assert all((cache / f"{s.stem}.npy").is_file() for s in good)
+    assert prepare_folder(films, 64)[2] == sides          # a rerun reuses the cache
+    assert images_name(in_tmp / "test") == "images-test"  # never clobbers raw_test.csv
+    run = in_tmp / "run"
+    run.mkdir()
+    with pytest.raises(KitError, match="postprocess.json"):   # before any work
+        predict_images(run, films)

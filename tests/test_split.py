@@ -140,3 +140,48 @@ def test_real_labels_5_folds(real_rsna):
     rate = (strata != "0").mean()
     for val in vals:
         assert abs((strata[val] != "0").mean() - rate) < 0.001        # positive rate per fold
+
+
+def test_train_split_uses_the_split_csv(in_tmp, monkeypatch):
+    """`train --split CSV` reaches the trainer, whose run split is the CSV's train/val images
+    (train_ids.csv, val_ids.csv), checked against the labels before any run folder exists."""
+    import dataclasses
+
+    from kit.config import get_preset
+    from kit.data.demo import make_dataset
+    from kit.train import trainer
+
+    data = in_tmp / "data" / "demo"
+    make_dataset(data, n_train=12, n_test=2, size=64, seed=8)
+    out = in_tmp / "split.csv"
+    assert cli.main(["split", "--data", str(data), "--out", str(out), "--seed", "5"]) == 0
+    want_train, want_val = split.read_split(out)
+    cfg = dataclasses.replace(get_preset("tiny"), data_dir=str(data))
+    ids = split.read_split_file(out, data, cfg.folds)
+    assert ids == (want_train, want_val)
+    run = in_tmp / "runs" / "r"
+    run.mkdir(parents=True)
+    *_, train_ids, val_ids = trainer.load_run_data(cfg, run, ids)
+    assert (train_ids, val_ids) == (want_train, want_val)
+    assert pd.read_csv(run / "val_ids.csv", dtype=str).patientId.tolist() == want_val
+    assert (train_ids, val_ids) != tuple(split.split_patients(
+        labels.read_labels(data / paths.TRAIN_LABELS), cfg.n_val, cfg.split_seed))
+
+    seen = {}
+    import kit.flow.train as flow_train
+
+    monkeypatch.setattr(flow_train, "train", lambda **kw: seen.update(kw) or run)
+    assert cli.main(["train", "--preset", "tiny", "--data", str(data), "--split", str(out)]) == 0
+    assert seen["split"] == out
+
+    bad = in_tmp / "bad.csv"
+    pd.DataFrame({"patientId": ["nobody", want_val[0]], "split": ["train", "val"]}).to_csv(bad, index=False)
+    with pytest.raises(KitError, match="not in .* labels"):
+        split.read_split_file(bad, data, cfg.folds)
+    with pytest.raises(KitError, match="folds"):
+        split.read_split_file(out, data, 2)
+    monkeypatch.undo()
+    monkeypatch.chdir(in_tmp)
+    assert cli.main(["train", "--preset", "tiny", "--data", str(data), "--split", str(bad),
+                     "--runs-dir", "fresh"]) == 2
+    assert not (in_tmp / "fresh").exists()        # refused before a run folder was made

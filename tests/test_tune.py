@@ -201,3 +201,26 @@ def test_tune_does_not_import_tensorflow():
     code = ("import sys; from kit import cli; cli.build_parser('tune'); import kit.score.tune; "
             "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("flag,value,bad", [
+    ("--scales", "0.5;10;20;30;40", "'0.5;10;20;30;40'"),
+    ("--thresholds", "0.1,0.2,x", "'x' in '0.1,0.2,x'"),
+    ("--max-boxes", "1,2.5", "'2.5' in '1,2.5'"),
+])
+def test_a_malformed_grid_is_one_line_naming_the_item(capsys, tmp_path, flag, value, bad):
+    code = cli.main(["tune", "--raw", str(tmp_path / "raw.csv"), "--labels",
+                     str(tmp_path / "labels.csv"), flag, value])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert flag in err and bad in err
+    assert '"0.1,0.2,0.3" or "0.1 0.2 0.3"' in err or '"1,2,3" or "1 2 3"' in err
+
+
+def test_grid_values_may_be_words_or_comma_joined():
+    from kit.score.tune import parse_grid
+
+    assert parse_grid("--x", ["0.1,0.2", "0.3"]) == (0.1, 0.2, 0.3)
+    assert parse_grid("--x", ["0.1,", "0.2"]) == (0.1, 0.2)
+    assert parse_grid("--x", (0.5, 0.6)) == (0.5, 0.6)
+    assert parse_grid("--x", ["1", "2,3"], int) == (1, 2, 3)

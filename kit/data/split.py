@@ -1,7 +1,8 @@
 """Patient-level train/val split, stratified on boxes per image (0, 1, 2, 3+); command ``split``.
 
 ``python -m kit split --data DIR`` writes ``data/cache/<DIR name>-split.csv`` (patientId,split with
-split in {train, val}), next to the prepared-image caches of the same data. A rerun that would
+split in {train, val}), next to the prepared-image caches of the same data; ``train --split CSV``
+trains on it instead of drawing its own seeded split. A rerun that would
 write a different split refuses unless --force. :func:`fold_split` gives K-fold splits
 (``RunConfig.folds``/``fold``): the same strata, patient-level, seeded.
 """
@@ -121,6 +122,10 @@ def add_split_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="output CSV (default: data/cache/<data folder name>-split.csv)")
     parser.add_argument("--force", action="store_true", help="replace an existing, different split")
+    parser.description = (
+        "Patient-level stratified train/val split, written as a patientId,split CSV. "
+        "`python -m kit train --split CSV` trains on that split (its train_ids.csv and "
+        "val_ids.csv) instead of the seeded n_val split it would otherwise draw.")
 
 
 def run_split(args: argparse.Namespace) -> int:
@@ -141,3 +146,26 @@ def run_split(args: argparse.Namespace) -> int:
         print(f"{stratum + ' boxes':<10} {total:>7,} images {int((in_val & (strata == stratum)).sum()):>6,} val")
     print(f"wrote {out}: {len(train_ids):,} train, {len(val_ids):,} val")
     return 0
+
+
+def read_split_file(path: Path, data_dir: Path, folds: int = 0) -> tuple[list[str], list[str]]:
+    """(train_ids, val_ids) of a split CSV, checked against the data set's labels before any
+    run folder exists: every patientId labelled, none in both, both sets non-empty."""
+    if folds:
+        raise KitError(f"--split and folds={folds} both choose the validation images: "
+                       "give one of them")
+    train_ids, val_ids = read_split(path)
+    known = set(read_labels(Path(data_dir) / paths.TRAIN_LABELS)["patientId"])
+    for ids in (train_ids, val_ids):
+        stray = [p for p in ids if p not in known]
+        if stray:
+            raise KitError(f"{len(stray)} patientId(s) are not in {data_dir}'s labels (first: "
+                           f"{stray[0]!r}): a split of another data set?", path=path,
+                           field="patientId")
+    both = set(train_ids) & set(val_ids)
+    if both:
+        raise KitError(f"{len(both)} patientId(s) are in both train and val (first: "
+                       f"{sorted(both)[0]!r})", path=path, field="patientId")
+    if not train_ids or not val_ids:
+        raise KitError("the split has no train or no val image", path=path, field="split")
+    return train_ids, val_ids

@@ -31,7 +31,8 @@ def add_submission_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value (repeatable)")
     p.add_argument("--weights", type=Path, default=None, help="initial weights (init=coco)")
-    p.add_argument("--runs-dir", type=Path, default=paths.RUNS_DIR)
+    p.add_argument("--runs-dir", type=Path, default=paths.RUNS_DIR,
+                   help="folder of the run folders (default: runs/)")
     p.add_argument("--workdir", type=Path, default=None,
                    help="put runs/ and submissions/ under this folder (Kaggle: /kaggle/working)")
     p.add_argument("--out", type=Path, default=None,

@@ -26,7 +26,11 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", metavar="RUN", help="continue RUN (a name, a path or 'latest')")
     p.add_argument("--weights", type=Path, default=None,
                    help="initial weights file (e.g. mask_rcnn_coco.h5) for init=coco")
-    p.add_argument("--runs-dir", type=Path, default=paths.RUNS_DIR)
+    p.add_argument("--runs-dir", type=Path, default=paths.RUNS_DIR,
+                   help="folder of the run folders (default: runs/)")
+    p.add_argument("--split", type=Path, default=None, metavar="CSV",
+                   help="train/val images from this split CSV (the `split` command's output: "
+                        "patientId,split) instead of the seeded n_val split")
     add_budget_arg(p)
     add_preflight_args(p, "--runs-dir")
 
@@ -50,6 +54,6 @@ def run_train(args: argparse.Namespace) -> int:
                       args.set, args.weights, args.scratch or args.runs_dir, args.runs_dir,
                       flow=run_argv)
     run = train(preset=args.preset, data_dir=args.data, overrides=args.set, resume=args.resume,
-                weights=args.weights, runs_dir=args.runs_dir, budget=budget)
+                weights=args.weights, runs_dir=args.runs_dir, budget=budget, split=args.split)
     print(f"run: {run}")
     return 0

@@ -228,7 +228,8 @@ def add_ensemble_args(p: argparse.ArgumentParser) -> None:
                    help="one weight per run for box fusion and image-score averages (default 1)")
     p.add_argument("--iou-thr", type=float, default=0.55,
                    help="weighted box fusion: boxes overlapping a cluster by IoU > this join it")
-    p.add_argument("--runs-dir", type=Path, default=paths.RUNS_DIR)
+    p.add_argument("--runs-dir", type=Path, default=paths.RUNS_DIR,
+                   help="folder of the run folders (default: runs/)")
     p.add_argument("--force", action="store_true", help="replace an existing RUNS_DIR/NAME")
 
 

@@ -6,6 +6,11 @@ applied later, only by kit.score.postprocess (tuned by ``tune`` on raw_val.csv).
 image-level classifier, raw_<split>_images.csv (patientId,p_opacity) holds every predicted
 image's P(Lung Opacity) (mean over the TTA passes). The weights are the run's best checkpoint by
 val_map (best.h5) unless ``--checkpoint last`` or a path says otherwise.
+
+``--images DIR`` runs the model on any folder of DICOMs instead: they are prepared into a cache of
+their own (data/cache/images-<DIR name>-<path hash>-<size>), raw_<DIR name>.csv (+ _images.csv)
+land in the run folder with boxes in each image's own pixels, and the run's postprocess.json
+turns them into a submission CSV with a row for every file (empty for an unreadable one).
 """
 from __future__ import annotations
 
@@ -32,18 +37,34 @@ FLIP_IOU = 0.5     # WBF IoU that joins a box and its flipped-pass twin
 def add_predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", default="latest", help="run folder, name or 'latest'")
     p.add_argument("--split", choices=["val", "test", "all"], default="all",
-                   help="val: the run's held-out images; test: the stage-2 test images")
+                   help="val: the run's held-out images; test: the stage-2 test images; "
+                        "all: both (default)")
+    p.add_argument("--images", type=Path, default=None, metavar="DIR",
+                   help="instead of --split: every *.dcm in DIR -> raw_<DIR name>.csv (+ _images) "
+                        "in the run folder and a submission CSV with the run's postprocess.json")
+    p.add_argument("--out", type=Path, default=None,
+                   help="with --images: the submission CSV (default: "
+                        "submissions/<run>-<DIR name>.csv)")
     p.add_argument("--tta", choices=["none", "flip"], default=None,
                    help="test-time augmentation (default: the run's config)")
     p.add_argument("--batch", type=int, default=None, help="images per detect() call")
     p.add_argument("--checkpoint", default="best", metavar="best|last|PATH",
                    help="weights: best = the epoch with the best val_map (best.h5; the newest "
                         "checkpoint when the run has none), last = the newest epoch, or a file")
-    p.add_argument("--runs-dir", type=Path, default=paths.RUNS_DIR)
+    p.add_argument("--runs-dir", type=Path, default=paths.RUNS_DIR,
+                   help="folder of the run folders (default: runs/)")
 
 
 def run_predict(args: argparse.Namespace) -> int:
     run = resolve_run(args.run, args.runs_dir)
+    if args.images is not None:
+        raw, sub = predict_images(run, args.images, out=args.out, tta=args.tta,
+                                  batch=args.batch, checkpoint=args.checkpoint)
+        print(f"wrote {raw} (raw detections) and {sub} (submission)")
+        return 0
+    if args.out is not None:
+        raise KitError("--out goes with --images (the submission of a folder's images); "
+                       "predict --split writes the run's raw tables")
     splits = ["val", "test"] if args.split == "all" else [args.split]
     model = load_inference_model(run, args.checkpoint)
     for split in splits:
@@ -181,3 +202,110 @@ class _Images:
 
     def __getitem__(self, index: slice) -> list[np.ndarray]:
         return [self.to_rgb(self.cache.load(pid)) for pid in self.ids[index]]
+
+
+# ---- any folder of DICOMs ---------------------------------------------------------------------
+def images_name(folder: Path) -> str:
+    """The table name of a folder's images: its name, as [A-Za-z0-9_-]; never val or test."""
+    import re
+
+    name = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(folder).resolve().name).strip("-") or "images"
+    return f"images-{name}" if name in ("val", "test") else name
+
+
+def images_cache_dir(folder: Path, size: int) -> Path:
+    """data/cache/images-<folder name>-<hash of its path>-<size>: one cache per folder and size."""
+    import hashlib
+
+    key = hashlib.sha1(str(Path(folder).resolve()).encode()).hexdigest()[:8]
+    return paths.CACHE_DIR / f"images-{images_name(folder)}-{key}-{size}"
+
+
+def prepare_folder(folder: Path, size: int) -> tuple[Path, list[str], dict[str, int], list[str]]:
+    """Decode every *.dcm of ``folder`` to uint8 (size, size) .npy files in its cache (a file
+    newer than its .npy is decoded again). Returns (cache dir, ids in file-name order, original
+    longer side per readable id, one error line per unreadable file)."""
+    from kit.data import dicom
+    import json
+
+    from kit.io import atomic_open, write_json
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise KitError("--images: not a folder", path=folder)
+    files = sorted(folder.glob("*.dcm"))
+    if not files:
+        raise KitError("--images: no *.dcm files in this folder", path=folder)
+    cache = images_cache_dir(folder, size)
+    cache.mkdir(parents=True, exist_ok=True)
+    sides_path = cache / "sides.json"
+    sides: dict[str, int] = json.loads(sides_path.read_text()) if sides_path.is_file() else {}
+    ids, errors = [], []
+    for src in tqdm(files, desc=f"prepare {folder.name} {size}px", unit="img"):
+        pid, dst = src.stem, cache / f"{src.stem}.npy"
+        ids.append(pid)
+        if dst.is_file() and pid in sides and dst.stat().st_mtime >= src.stat().st_mtime:
+            continue
+        sides.pop(pid, None)
+        try:
+            arr, header = dicom.read_image(src, size)
+        except KitError as exc:
+            errors.append(str(exc))
+            continue
+        except Exception as exc:   # damage the reader did not foresee: still only this file
+            errors.append(f"{src}: unreadable ({dicom.one_line(exc)})")
+            continue
+        with atomic_open(dst, "wb", fsync=False) as fh:
+            np.save(fh, arr)
+        sides[pid] = int(max(header["Rows"], header["Columns"]))
+    write_json(sides_path, sides)
+    return cache, ids, {pid: sides[pid] for pid in ids if pid in sides}, errors
+
+
+def predict_images(run: Path, folder: Path, out: Path | None = None, tta: str | None = None,
+                   batch: int | None = None, checkpoint: str = "best", model=None
+                   ) -> tuple[Path, Path]:
+    """The run's model on every DICOM of ``folder``: raw_<name>.csv (+ raw_<name>_images.csv) in
+    the run folder and a submission CSV (the run's postprocess.json) with a row for every file,
+    empty for an unreadable one (named on stderr). Boxes are in each image's own pixels."""
+    from kit.data.prepare import as_rgb
+    from kit.runs import image_scores_beside, read_raw
+    from kit.score.postprocess import PostProcess
+    from kit.score.submission import write_submission
+
+    post_path = Path(run) / "postprocess.json"
+    if not post_path.is_file():
+        raise KitError("the run has no postprocess.json: tune it first (python -m kit tune "
+                       f"--run {run})", path=post_path)
+    post = PostProcess.from_json(post_path)
+    cfg = RunConfig.load(Path(run) / "config.json")
+    tta = tta or cfg.tta
+    name = images_name(folder)
+    cache, ids, sides, errors = prepare_folder(folder, cfg.image_size)
+    readable = [pid for pid in ids if pid in sides]
+    for error in errors:
+        print(f"error: skipped image {error}", file=sys.stderr)
+    if errors:
+        print(f"error: {len(errors)} image(s) of {folder} unreadable (listed above): their "
+              "PredictionString is empty", file=sys.stderr)
+    raw, image_scores = pd.DataFrame(columns=RAW_COLUMNS), pd.DataFrame(columns=IMAGE_COLUMNS)
+    if readable:
+        model = model or load_inference_model(run, checkpoint)
+        images = [as_rgb(np.load(cache / f"{pid}.npy")) for pid in readable]
+        raw, image_scores = detect_raw(model, images, readable, cfg.image_size, tta=tta,
+                                       batch=batch, progress=f"predict {name}")
+        factor = raw["patientId"].map(sides).to_numpy(np.float64) / paths.IMAGE_SIZE
+        for col in ("x", "y", "w", "h"):    # the 1024 frame -> each image's own pixels
+            raw[col] = (raw[col].to_numpy(np.float64) * factor).round(1)
+    raw_out = raw_path(run, name)
+    write_csv(raw_out, raw)
+    if len(image_scores):
+        write_csv(image_scores_path(run, name), image_scores)
+    elif image_scores_path(run, name).is_file():
+        image_scores_path(run, name).unlink()
+    preds = post.apply(read_raw(raw_out), image_scores_beside(raw_out))
+    out = Path(out) if out is not None else paths.SUBMISSIONS_DIR / f"{Path(run).name}-{name}.csv"
+    write_submission(out, preds, ids)
+    print(f"predict {name}: {len(ids)} images ({len(errors)} unreadable), {len(raw)} raw "
+          f"detections (tta={tta})")
+    return raw_out, out

@@ -202,25 +202,28 @@ def _add_build(p: argparse.ArgumentParser) -> None:
 def add_kernels_args(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = sub.add_parser("build", help="render kernels/build/<NAME>/ (all kernels when no NAME)")
-    p.add_argument("names", nargs="*", metavar="NAME")
+    p.add_argument("names", nargs="*", metavar="NAME",
+                   help="kernel name(s) under kernels/ (default: all of them)")
     _add_build(p)
     _add_common(p)
     p = sub.add_parser("push", help="build and push NAME (default: full)")
-    p.add_argument("name", nargs="?", default="full", metavar="NAME")
+    p.add_argument("name", nargs="?", default="full", metavar="NAME",
+                   help="kernel name under kernels/ (default: full)")
     _add_build(p)
     _add_common(p)
     p = sub.add_parser("status", help="status of NAME on Kaggle")
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="NAME", help="kernel name under kernels/ (e.g. full)")
     p.add_argument("--wait", action="store_true", help="poll until it stops running")
     p.add_argument("--interval", type=float, default=60.0, help="seconds between polls")
     p.add_argument("--timeout", type=float, default=13 * 3600.0, help="give up after (seconds)")
     _add_common(p)
     p = sub.add_parser("output", help="download NAME's outputs into runs/kaggle-<NAME>-<version>/")
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="NAME", help="kernel name under kernels/ (e.g. full)")
     p.add_argument("--version", type=int, default=None,
                    help="kernel version (default: the last one pushed from here, else latest)")
     p.add_argument("--pattern", default=None, help="only output files whose name matches (regex)")
-    p.add_argument("--runs-dir", type=Path, default=paths.RUNS_DIR)
+    p.add_argument("--runs-dir", type=Path, default=paths.RUNS_DIR,
+                   help="folder of the run folders (default: runs/)")
     p.add_argument("--force", action="store_true", help="replace an existing download")
     _add_common(p)
 

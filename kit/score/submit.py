@@ -14,7 +14,8 @@ from kit.score.submission import sample_path_of, frame_problems, submission_fram
 
 def add_submit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", default="latest", help="run folder, name or 'latest'")
-    p.add_argument("--runs-dir", type=Path, default=paths.RUNS_DIR)
+    p.add_argument("--runs-dir", type=Path, default=paths.RUNS_DIR,
+                   help="folder of the run folders (default: runs/)")
     p.add_argument("--out", type=Path, default=None, help="default: submissions/<run>.csv")
     p.add_argument("--data", type=Path, default=None,
                    help=f"data folder holding {paths.SAMPLE_SUBMISSION} (default: the run's "

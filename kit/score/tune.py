@@ -216,15 +216,46 @@ def add_tune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=None,
                    help="postprocess.json to write (default: beside the raw table)")
     p.add_argument("--plot", type=Path, default=None, help="PNG (default: tuning.png beside --out)")
-    p.add_argument("--thresholds", type=float, nargs="+", default=THRESHOLDS)
-    p.add_argument("--scales", type=float, nargs="+", default=SCALES)
-    p.add_argument("--max-boxes", type=int, nargs="+", default=MAX_BOXES)
-    p.add_argument("--image-thresholds", type=float, nargs="+", default=IMAGE_THRESHOLDS)
-    p.add_argument("--opacity-thresholds", type=float, nargs="+", default=None,
+    p.add_argument("--thresholds", nargs="+", default=THRESHOLDS, metavar="T",
+                   help="box score thresholds to sweep, e.g. 0.1,0.2,0.3 or 0.1 0.2 0.3 "
+                        "(default 0.00 .. 0.99 by 0.01)")
+    p.add_argument("--scales", nargs="+", default=SCALES, metavar="S",
+                   help="box scale factors to sweep (default 0.775 .. 1.0 by 0.025)")
+    p.add_argument("--max-boxes", nargs="+", default=MAX_BOXES, metavar="N",
+                   help="most boxes per image to sweep (default 1 2 3 4)")
+    p.add_argument("--image-thresholds", nargs="+", default=IMAGE_THRESHOLDS, metavar="T",
+                   help="image gates on the top box score to sweep (default 0.0 .. 0.9 by 0.1)")
+    p.add_argument("--opacity-thresholds", nargs="+", default=None, metavar="T",
                    help="classifier gate grid (default: a 0..0.9 grid when the raw table has its "
                         "image scores, raw_val_images.csv, beside it; else 0 = off)")
     p.add_argument("--nms-iou", type=float, default=None, help="fixed NMS IoU (default: none)")
     p.add_argument("--top", type=int, default=10, help="settings to print")
+
+
+def parse_grid(flag: str, items, kind: type = float) -> tuple:
+    """A grid flag's values: numbers given as separate words and/or joined by commas
+    ("0.1,0.2,0.3" or "0.1 0.2 0.3"); anything else is a KitError quoting the bad item."""
+    if items is None:
+        return None
+    values = []
+    for item in items:
+        if isinstance(item, (int, float)):
+            values.append(kind(item))
+            continue
+        parts = [p for p in str(item).split(",") if p.strip()] or [str(item)]
+        for part in parts:
+            try:
+                number = float(part)
+                if kind is int and number != int(number):
+                    raise ValueError
+                values.append(kind(number))
+            except ValueError:
+                example = "1,2,3\" or \"1 2 3" if kind is int else "0.1,0.2,0.3\" or \"0.1 0.2 0.3"
+                where = "" if part == str(item) else f" in {str(item)!r}"
+                raise KitError(f"{flag}: {part!r}{where} is not "
+                               f"{'a whole number' if kind is int else 'a number'}; give the grid as "
+                               f"\"{example}\"") from None
+    return tuple(values)
 
 
 def _inputs(args: argparse.Namespace) -> tuple[Path, Path, Path | None]:
@@ -252,6 +283,9 @@ SMALL_VAL_POSITIVES = 200      # fewer positive images than this: tune warns its
 def run_tune(args: argparse.Namespace) -> int:
     from kit.data.labels import boxes_by_patient, read_labels
 
+    grids = {name: parse_grid(f"--{name.replace('_', '-')}", getattr(args, name), kind)
+             for name, kind in (("thresholds", float), ("scales", float), ("max_boxes", int),
+                                ("image_thresholds", float), ("opacity_thresholds", float))}
     raw_path, labels_path, ids_path = _inputs(args)
     raw = read_raw(raw_path)
     boxes = boxes_by_patient(read_labels(labels_path))
@@ -266,12 +300,12 @@ def run_tune(args: argparse.Namespace) -> int:
         raise KitError(f"{len(missing)} images have no labels (first: {missing[0]!r})",
                        path=labels_path, field="patientId")
     image_scores = image_scores_beside(raw_path)
-    opacity = args.opacity_thresholds or (OPACITY_THRESHOLDS if image_scores else (0.0,))
+    opacity = grids["opacity_thresholds"] or (OPACITY_THRESHOLDS if image_scores else (0.0,))
     if image_scores is None:
         print("note: no image scores beside the raw table: the classifier gate stays off")
-    result = sweep(raw, {p: boxes[p] for p in ids}, thresholds=args.thresholds,
-                   scales=args.scales, max_boxes=args.max_boxes,
-                   image_thresholds=args.image_thresholds, opacity_thresholds=opacity,
+    result = sweep(raw, {p: boxes[p] for p in ids}, thresholds=grids["thresholds"],
+                   scales=grids["scales"], max_boxes=grids["max_boxes"],
+                   image_thresholds=grids["image_thresholds"], opacity_thresholds=opacity,
                    image_scores=image_scores, nms_iou=args.nms_iou, progress=True)
     n_settings = result.map.size
     print(f"{n_settings:,} settings x {result.n_images:,} images")

@@ -43,10 +43,12 @@ def default_preset() -> str:
     return "kaggle" if tf.config.list_physical_devices("GPU") else "demo"
 
 
-def load_run_data(cfg: RunConfig, run: Path):
+def load_run_data(cfg: RunConfig, run: Path,
+                  split: tuple[list[str], list[str]] | None = None):
     """The prepared cache (train and test images), boxes, image classes and the run's split
-    (written on first use, reused on resume): a seeded n_val split, or fold ``fold`` of
-    ``folds`` stratified patient folds."""
+    (written on first use, reused on resume): ``split`` (train_ids, val_ids from a split CSV,
+    see kit.data.split.read_split_file), else a seeded n_val split, or fold ``fold`` of ``folds`` stratified
+    patient folds."""
     from kit.data.prepare import prepare
     from kit.data.labels import image_classes
     from kit.data.labels import boxes_by_patient, read_class_info, read_labels
@@ -60,7 +62,15 @@ def load_run_data(cfg: RunConfig, run: Path):
     if not (run / VAL_IDS).is_file():
         cached = set(cache.ids("train"))
         usable = labels[labels.patientId.isin(cached)]
-        if cfg.folds:
+        if split is not None:
+            train_ids, val_ids = ([p for p in ids if p in cached] for ids in split)
+            lost = sum(len(ids) for ids in split) - len(train_ids) - len(val_ids)
+            if lost:
+                say(f"split: {lost} image(s) of the split file are not in the prepared cache "
+                    "(unreadable DICOMs) and are left out")
+            if not train_ids or not val_ids:
+                raise KitError("the split file leaves no readable train or no val image")
+        elif cfg.folds:
             from kit.data.split import fold_split
 
             train_ids, val_ids = fold_split(usable, cfg.folds, cfg.fold, seed=cfg.split_seed)
@@ -88,8 +98,11 @@ def init_weights(model, cfg: RunConfig, weights: Path | None) -> dict | None:
 def train(preset: str | None = None, data_dir: Path | None = None,
           overrides: list[str] | None = None, resume: str | None = None,
           weights: Path | None = None, runs_dir: Path = paths.RUNS_DIR,
-          budget: Budget | None = None) -> Path:
+          budget: Budget | None = None, split: Path | None = None) -> Path:
     """Train a preset (or resume a run) and return the run folder.
+
+    ``split``: a split CSV (the ``split`` command's patientId,split table) whose train/val
+    images are used instead of the seeded split (not with folds, not on resume).
 
     With a ``budget`` the schedule is planned to leave the rest of the flow its time (see
     kit.budget): after a few measured steps, the running and remaining epochs are shortened
@@ -98,6 +111,10 @@ def train(preset: str | None = None, data_dir: Path | None = None,
     from kit.data.weights import init_weights_path
 
     resumed_with = None
+    if split is not None and resume:
+        raise KitError("--split applies to a new run; a resumed run keeps its train_ids.csv "
+                       "and val_ids.csv")
+    split_ids = None
     if resume:
         if preset:
             raise KitError("--resume continues a run with its saved config.json; "
@@ -118,10 +135,14 @@ def train(preset: str | None = None, data_dir: Path | None = None,
             raise KitError(f"no {paths.TRAIN_LABELS} in {data_dir}: run `make data` (Kaggle) "
                            "or `make demo-data` (embedded synthetic data) first")
         cfg = dataclasses.replace(cfg, data_dir=str(data_dir))
+        if split is not None:
+            from kit.data.split import read_split_file
+
+            split_ids = read_split_file(split, data_dir, cfg.folds)
         run = new_run_dir(cfg.name, runs_dir)
         cfg.save(run / "config.json")
 
-    cache, boxes, classes, train_ids, val_ids = load_run_data(cfg, run)
+    cache, boxes, classes, train_ids, val_ids = load_run_data(cfg, run, split_ids)
     from kit.train.callbacks import BudgetMeter, EpochMetric, subset_ids
     from kit.train.dataset import RSNADataset
     from kit.data.prepare import as_rgb

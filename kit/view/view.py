@@ -38,7 +38,8 @@ DEFAULT_PORT = 8765
 def add_view_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", default="latest", help="run folder, name or 'latest' (needs "
                    "config.json, val_ids.csv, raw_val.csv, postprocess.json)")
-    p.add_argument("--runs-dir", type=Path, default=paths.RUNS_DIR)
+    p.add_argument("--runs-dir", type=Path, default=paths.RUNS_DIR,
+                   help="folder of the run folders (default: runs/)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT,
                    help=f"TCP port (default {DEFAULT_PORT}; 0 picks a free one)")
     p.add_argument("--host", default="127.0.0.1",
