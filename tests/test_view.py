@@ -36,20 +36,19 @@ REPO = Path(__file__).resolve().parent.parent
 TUNED = PostProcess(score_threshold=0.3, image_threshold=0.0, box_scale=1.0, max_boxes=3)
 
 
+def _bench_view():
+    """bench/view.py as a module (its fake raw tables and its latency measurement)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_view", REPO / "bench" / "view.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def fake_raw(ids, gt: dict | None, rng: np.random.Generator) -> pd.DataFrame:
-    """Raw detections: each GT box found (jittered, score 0.35..1) and 0-3 false boxes with
-    scores 0.05..0.9 per image, so every threshold moves the figures."""
-    rows = []
-    for pid in ids:
-        for box in (gt or {}).get(pid, np.zeros((0, 4))):
-            if rng.uniform() < 0.85:
-                x, y, w, h = box + rng.normal(0, 25, 4)
-                rows.append((pid, rng.uniform(0.35, 1), x, y, max(w, 20), max(h, 20)))
-        for _ in range(rng.integers(0, 4)):
-            rows.append((pid, rng.uniform(0.05, 0.9), *rng.uniform(50, 600, 2),
-                         *rng.uniform(60, 300, 2)))
-    raw = pd.DataFrame(rows, columns=["patientId", "score", "x", "y", "w", "h"])
-    raw = raw.assign(x=raw.x.clip(0, 900), y=raw.y.clip(0, 900))
+    """Raw detections drawn around the ground truth (bench/view.py's), rounded like predict's."""
+    raw = _bench_view().fake_raw(ids, gt, rng)
     return raw.round({"score": 4, "x": 1, "y": 1, "w": 1, "h": 1})
 
 
@@ -169,11 +168,7 @@ def test_figures_equal_what_kit_score_gives(served, post):
 
 def test_the_latency_benchmark_answers_every_setting(capsys):
     """bench/view.py (timings live there, not in a test) on a small set: every setting answered."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_view", REPO / "bench" / "view.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _bench_view()
     found = bench.measure(bench.films(n_val=60, n_test=30), repeat=1)
     assert set(found) == {"tuned", "threshold 0.05, 10 boxes", "tuned + test films' boxes",
                           "first move to NMS IoU 0.3"}
