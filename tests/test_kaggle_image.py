@@ -197,6 +197,7 @@ def test_built_full_kernel_writes_a_valid_submission_and_leaves_the_input_alone(
     sub = full_run.working / "submission.csv"
     assert validate_submission(sub, sample) == []
     assert full_run.changed_input == [], f"written under the input: {full_run.changed_input}"
+    assert not (full_run.working / "data").exists()        # the cache stayed in scratch
 
 
 def test_built_infer_kernel_predicts_from_an_attached_run(infer_run):
