@@ -150,7 +150,7 @@ def test_reader_model_boxes_merges_and_misses():
     assert 0.6 < np.median(ious) < 0.8 and (ious >= 0.4).mean() > 0.95     # the same opacity,
     assert 0.1 < (ious < 0.6).mean() < 0.3 and (ious < 0.75).mean() > 0.5   # but readers differ
     assert 0.06 < merged / 2000 < 0.16
-    assert 0.18 < np.mean(faint) < 0.32                                     # a quarter near the noise
+    assert 0.10 < np.mean(faint) < 0.20                                     # about 1 in 7 near the noise
     _, _, labelled = demo_rsna.true_opacities(rng, np.zeros((0, 4)), missed=True)
     assert labelled == (False,)
     _, films = demo_rsna.sample_split(2, 0, 2000)
@@ -183,9 +183,9 @@ def test_opacities_are_diffuse_textured_and_stay_in_their_box():
         if max(film.contrast) < 30:
             continue
         r = np.sqrt(((XX - x - w / 2) / (w / 2)) ** 2 + ((YY - y - h / 2) / (h / 2)) ** 2)
-        core, rim = added[r < 0.35], added[(r > 0.6) & (r < 0.8)]
+        core, rim = added[r < 0.35], added[(r > 0.7) & (r < 0.9)]
         assert core.mean() > 1.5 * max(rim.mean(), 1)                       # soft margin: fades out
-        assert core.std() > 0.1 * core.mean()                               # internal texture
+        assert core.std() > 0.05 * core.mean()                              # internal texture (flat: ~0)
 
 
 def test_films_vary_in_pose_exposure_collimation_and_markers():
