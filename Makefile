@@ -42,6 +42,7 @@ TTA ?=
 DIFFICULTY ?=
 WEIGHTS ?= coco
 PORT ?=
+TEST_WORKERS ?= 2
 K ?= 5
 PRESET_ARG := $(if $(PRESET),--preset $(PRESET))
 DATA_ARG := $(if $(DATA),--data $(DATA))
@@ -84,11 +85,11 @@ setup: $(STAMP) ## create .venv from requirements.txt (every target does this on
 	else b="tensorflow $$($(VENV)/bin/pip show tensorflow 2>/dev/null | sed -n 's/^Version: //p')$(if $(GPU_ON), (GPU build, CUDA libraries from pip))"; fi; \
 	echo "setup: $(VENV) has $$b; check: "'$(TF_CHECK)'
 
-test: $(STAMP) ## run the whole test suite (what CI runs)
-	$(PY) -m pytest -q
+test: $(STAMP) ## run the whole test suite (what CI runs) on TEST_WORKERS=2 pytest-xdist workers
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 test-fast: $(STAMP) ## the quick part of the suite for a developer's loop (no @slow tests)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadgroup
 
 lint: $(STAMP) ## the layering contracts of pyproject.toml (import-linter; make test runs them too)
 	$(VENV)/bin/lint-imports

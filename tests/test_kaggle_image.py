@@ -22,7 +22,8 @@ from kit import cli, paths
 from kit.score.submission import validate_submission
 from kit.data.demo import make_dataset
 
-pytestmark = pytest.mark.slow
+# slow; with pytest-xdist (make test) on one worker: one .kaggle-env build, one kernel run each
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("kaggle_image")]
 
 REPO = Path(__file__).resolve().parent.parent
 KAGGLE_PY = REPO / ".kaggle-env" / "bin" / "python"

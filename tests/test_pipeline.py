@@ -27,6 +27,7 @@ def test_trained_epochs_and_unfinished_runs(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("tiny_flow")   # the shared flow is built once, on one worker
 def test_submission_end_to_end_tiny(in_flow, capsys):
     # in_flow: `submission --preset tiny --preflight --out final/submission.csv` (conftest)
     assert "EMBEDDED SYNTHETIC" in in_flow.out

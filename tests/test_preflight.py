@@ -68,6 +68,7 @@ def test_a_failing_flow_is_one_line_naming_the_cause(demo, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("tiny_flow")   # the shared flow is built once, on one worker
 def test_preflight_then_the_flow(in_flow):
     # in_flow: `submission --preset tiny --preflight` in its own folder (conftest), the flow that
     # test_pipeline checks end to end; the preflight's scratch is the runs folder

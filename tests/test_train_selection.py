@@ -39,6 +39,7 @@ def test_the_run_seed_reaches_the_model_config():
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("tiny_flow")   # the shared flow is built once, on one worker
 def test_same_seed_same_history_and_the_best_checkpoint_is_predicted_from(in_flow, capsys):
     (flow_run,) = Path("runs").iterdir()            # the shared flow's run: tiny, seed 0
     again = train(preset="tiny", data_dir=Path("data/demo"), runs_dir=Path("runs-same-seed"))
