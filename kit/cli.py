@@ -17,7 +17,7 @@ from kit.errors import KitError
 # command: (module, one-line help). Order is the order of the data flow.
 COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("kit.kaggle.download", "download the competition data from Kaggle and unzip it safely"),
-    "demo-data": ("kit.data.demo", "write the embedded synthetic data set in Kaggle's layout"),
+    "demo-data": ("kit.data.demo_data", "write the embedded synthetic data set in Kaggle's layout"),
     "weights": ("kit.data.weights", "fetch + check the COCO / ImageNet initial weights into data/weights"),
     "labels": ("kit.data.labels", "validate the label CSVs and print their counts"),
     "split": ("kit.data.split", "patient-level stratified train/val split"),

@@ -3,6 +3,6 @@
 labels (label CSVs, validated; ``labels``), dicom (the only pydicom importer: read or refuse a
 file in one line), pixels (windowing, luminance, resizing: numpy + Pillow), prepare (decode +
 resize into data/cache; ``prepare``), split (patient-level split and folds; ``split``), demo (the
-embedded synthetic data set; ``demo-data``), weights (fetch + check initial weights;
+embedded synthetic data sets, demo_rsna the hard one; ``demo-data`` in demo_data), weights (fetch + check initial weights;
 ``weights``). Imports only the base; never TensorFlow.
 """

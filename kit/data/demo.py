@@ -1,4 +1,4 @@
-"""Command ``demo-data``: the embedded synthetic data set, RSNA-like films in Kaggle's layout.
+"""The easy embedded synthetic data set (``demo-data``: kit.data.demo_data), in Kaggle's layout.
 
 ``python -m kit demo-data --out data/demo`` writes stage_2_train_images/, stage_2_test_images/,
 the three Kaggle CSVs and demo_test_labels.csv (the hidden test ground truth, same format as the
@@ -18,7 +18,6 @@ arguments give the same bytes. ``--difficulty rsna`` writes the harder set of ki
 """
 from __future__ import annotations
 
-import argparse
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -359,30 +358,3 @@ def make_dataset(out: Path, n_train: int = 400, n_test: int = 100, size: int = 2
         splits[split] = (rngs, [sample_case(rng, bool(p)) for rng, p in zip(rngs, positive)])
     write_images(out, splits, size, render)
     write_csvs(out, splits[paths.TRAIN_IMAGES][1], splits[paths.TEST_IMAGES][1])
-
-
-def add_demo_data_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=paths.DEMO_DIR, help="output folder (default data/demo)")
-    parser.add_argument("--difficulty", choices=DIFFICULTIES, default="easy",
-                        help="easy (default): clear blobs, labels = truth; rsna: the real label "
-                             "statistics, films a reader finds hard, labels drawn by a simulated "
-                             "reader (+ hidden demo_true_boxes.csv)")
-    parser.add_argument("--n-train", type=int, default=None, help="train images (default 400; rsna 2000)")
-    parser.add_argument("--n-test", type=int, default=None, help="test images (default 100; rsna 300)")
-    parser.add_argument("--size", type=int, default=None,
-                        help="stored image side in px (labels stay in the 1024 frame; default 256)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--force", action="store_true", help="replace the data set in a non-empty --out")
-
-
-def run_demo_data(args: argparse.Namespace) -> int:
-    if args.difficulty == "rsna":
-        from kit.data import demo_rsna
-        defaults, make = demo_rsna.DEFAULTS, demo_rsna.make_dataset
-    else:
-        defaults, make = EASY_DEFAULTS, make_dataset
-    n_train, n_test, size = (defaults[k] if getattr(args, k) is None else getattr(args, k)
-                             for k in ("n_train", "n_test", "size"))
-    make(args.out, n_train, n_test, size, args.seed, force=args.force)
-    print(f"wrote {n_train} train + {n_test} test images ({size} px, {args.difficulty}) to {args.out}")
-    return 0
