@@ -132,3 +132,24 @@ def test_help_lists_every_target_with_a_description():
 def test_ci_calls_exactly_make_test():
     lines = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
     assert [line for line in lines if line.startswith("make")] == ["make test"]
+
+
+def test_xdist_groups_take_effect_with_the_pinned_pytest(tmp_path):
+    """make test relies on --dist loadgroup to build the shared tiny flow and the Kaggle-image
+    kernels once: with pytest 9.2 the group marks are silently ignored (pytest-xdist#1386), so
+    a grouped pair must land on one worker, which shows as the "@group" suffix on its ids."""
+    import sys
+
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    (tmp_path / "test_groups.py").write_text(
+        "import pytest\n"
+        "@pytest.mark.xdist_group('shared')\ndef test_a(): pass\n"
+        "@pytest.mark.xdist_group('shared')\ndef test_b(): pass\n"
+        "def test_c(): pass\n")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-n", "2", "--dist", "loadgroup",
+                           "-v", "-p", "no:cacheprovider", str(tmp_path)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    grouped = re.findall(r"\[(gw\d)\] \[\s*\d+%\] PASSED \S*::test_[ab]@shared", proc.stdout)
+    assert len(grouped) == 2 and len(set(grouped)) == 1, \
+        "pytest-xdist's loadgroup did not group the marked tests (pytest >= 9.2?):\n" + proc.stdout
