@@ -8,7 +8,7 @@ The same Kaggle layout as kit.data.demo (plus the hidden ``demo_true_boxes.csv``
 * films: a patient with per-film pose (shift, scale, rotation), lungs cut by diaphragm domes,
   heart, mediastinum, spine, clavicles, two families of ribs and branching vessel markings from
   the hila; opacities are diffuse, with soft irregular margins and a patchy texture at the scale
-  of the vessels, their peak contrast spread so that about one in seven sits near the noise (the
+  of the vessels, their peak contrast spread so that about one in ten sits near the noise (the
   others clear of it and of the vessel markings: a from-scratch detector at 128 px can learn them
   in the demo's budget), and they are drawn where they fall, over the heart or below a dome too
   (a little weaker there); per-film exposure,
@@ -49,9 +49,9 @@ READER_EDGE_SD = 0.10           # and scatters this much (sd, of the side) aroun
 MERGE_P = 0.12                  # a label box drawn around two adjacent opacities
 EXTRA_MISSED_P = 0.12           # positive films with one more, faint opacity nobody boxed
 ONLY_MISSED_P = 0.06            # negative-labelled films with a faint opacity nobody boxed
-NEAR_NOISE_FRACTION = 0.15      # labelled opacities whose peak is near the noise:
+NEAR_NOISE_FRACTION = 0.10      # labelled opacities whose peak is near the noise:
 NEAR_NOISE_PEAK = (6.0, 14.0)   # uniform in gray levels (before exposure)
-PEAK = (55.0, 140.0)            # the others: log-uniform peak in gray levels (before exposure)
+PEAK = (65.0, 160.0)            # the others: log-uniform peak in gray levels (before exposure)
 MISSED_PEAK = (5.0, 11.0)
 POSITIVE_FINDING_FRACTION = demo.POSITIVE_FINDING_FRACTION
 MARKER_TEXT = ("PORTABLE", "AP", "SUPINE", "ERECT", "SEMI-ERECT", "AP PORTABLE")
