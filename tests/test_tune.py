@@ -224,3 +224,12 @@ def test_grid_values_may_be_words_or_comma_joined():
     assert parse_grid("--x", ["0.1,", "0.2"]) == (0.1, 0.2)
     assert parse_grid("--x", (0.5, 0.6)) == (0.5, 0.6)
     assert parse_grid("--x", ["1", "2,3"], int) == (1, 2, 3)
+
+
+def test_the_default_box_scale_grid_shrinks_and_grows():
+    """Box scale is tuned both ways: RSNA's winners shrank boxes, the hard demo films' generous
+    readers want them grown (README's lever table); 1.0 (no change) is on the grid."""
+    from kit.score.tune import SCALES
+
+    assert min(SCALES) <= 0.8 and max(SCALES) >= 1.2 and 1.0 in SCALES
+    assert all(round(b - a, 3) == 0.025 for a, b in zip(SCALES, SCALES[1:]))
