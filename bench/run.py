@@ -4,7 +4,7 @@ Usage: python bench/run.py [scorer prepare model train_step ...]
 Each bench/<name>.py prints one JSON object on stdout; failures are reported, not hidden.
 With the torchvision peer venv (`make bench-peers`) the default list leaves out model and
 train_step: compare.py runs both itself, next to torchvision, and reports them.
-image_features.py needs a trained run (--run) and is run by hand.
+image_features.py and levers.py need trained runs (--run, --runs) and are run by hand.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 from compare import PEER_PYTHON  # bench/ is this script's folder, first on sys.path
 
 HERE = Path(__file__).resolve().parent
-NEEDS_A_RUN = ("image_features",)      # run by hand with --run runs/<run>
+NEEDS_A_RUN = ("image_features", "levers")   # run by hand with trained runs (--run / --runs)
 
 
 def main(names: list[str]) -> int:

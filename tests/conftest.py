@@ -75,6 +75,16 @@ def in_flow(tiny_flow, monkeypatch) -> SimpleNamespace:
     return tiny_flow
 
 
+def load_bench(name: str):
+    """``bench/<name>.py`` as a module (bench/ is scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_cli_without_tensorflow(calls: list[list[str]], cwd: Path) -> None:
     """Run ``kit.cli.main(argv)`` for each argv in a fresh process (cwd ``cwd``) and assert that
     every call succeeds and that TensorFlow / Keras were never imported."""

@@ -1,18 +1,13 @@
 """bench/compare.py: ratio arithmetic and the no-peer-venv answer (no torch needed)."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
+from conftest import load_bench
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _compare():
-    spec = importlib.util.spec_from_file_location("bench_compare", ROOT / "bench" / "compare.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("compare")
 
 
 def _median(s):
