@@ -306,9 +306,12 @@ def test_save_writes_postprocess_json_atomically_with_a_backup(served, monkeypat
 
 def test_command_serves_prints_its_address_and_starts_without_tensorflow(in_tmp):
     run = make_run(in_tmp, n_train=4, n_test=1)
+    # Ctrl-C as in a terminal: pytest-xdist's workers ignore SIGINT, and an ignored SIGINT is
+    # inherited across exec (Python then installs no KeyboardInterrupt handler)
     proc = subprocess.Popen([sys.executable, "-m", "kit", "view", "--run", str(run), "--port", "0"],
                             cwd=in_tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+                            env={**os.environ, "PYTHONPATH": str(REPO)},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         lines = [proc.stdout.readline() for _ in range(2)]
         assert lines[1].startswith("serving http://127.0.0.1:"), (lines, proc.stderr.read()
@@ -324,7 +327,12 @@ def test_command_serves_prints_its_address_and_starts_without_tensorflow(in_tmp)
         assert "4 validation + 1 test films" in lines[0]
     finally:
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            pytest.fail(f"view did not stop within 30 s of Ctrl-C:\n{out}\n{err[-3000:]}")
     assert proc.returncode == 0 and "stopped" in out, err
 
 
