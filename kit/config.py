@@ -266,8 +266,8 @@ PRESETS: dict[str, RunConfig] = {
 PRESETS["demo-rsna"] = dataclasses.replace(
     PRESETS["demo"], name="demo-rsna", n_val=900, val_map_images=200, learning_rate=0.0003,
     notes="the demo preset on the hard films (data/demo-rsna): 900 val images (~200 positive), "
-          "lr 3e-4 stepped down as in demo (at the demo's 1e-3 the detector only starts to learn "
-          "once the lr steps down at epoch 7)")
+          "lr 3e-4 stepped down as in demo (at 1e-3 the detector only starts to learn once the "
+          "lr steps down at epoch 7); seeds 0-2: tuned val mAP 0.170-0.180")
 PRESETS.update({
     "r50-heads": _study("resnet50", augment=False),
     "r50-all-aug": _study("resnet50", augment=True),
