@@ -71,15 +71,18 @@ def kit(*argv: str) -> str:
     return out.getvalue()
 
 
+def _copy(src: Path, dest: Path, names: tuple[str, ...]) -> None:
+    """Copy those of ``names`` that exist in ``src`` into ``dest`` (created)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dest / name)
+
+
 def scratch_run(run: Path, dest: Path, tables_from: Path) -> Path:
     """A run folder at ``dest`` with ``run``'s config and ids and ``tables_from``'s raw tables."""
-    dest.mkdir(parents=True)
-    for name in RUN_FILES:
-        if (run / name).is_file():
-            shutil.copy2(run / name, dest / name)
-    for name in TABLES:
-        if (tables_from / name).is_file():
-            shutil.copy2(tables_from / name, dest / name)
+    _copy(run, dest, RUN_FILES)
+    _copy(tables_from, dest, TABLES)
     return dest
 
 
@@ -89,10 +92,7 @@ def tables(run: Path, tta: str, scratch: Path) -> Path:
     if json.loads((run / "config.json").read_text()).get("tta") == tta:
         return run
     dest = scratch / f"tta-{tta}"
-    dest.mkdir(parents=True)
-    for name in RUN_FILES:
-        if (run / name).is_file():
-            shutil.copy2(run / name, dest / name)
+    _copy(run, dest, RUN_FILES)
     (dest / "best.h5").symlink_to((run / "best.h5").resolve())
     kit("predict", "--run", dest, "--tta", tta, "--checkpoint", dest / "best.h5")
     return dest
@@ -102,17 +102,19 @@ def crossfit(folder: Path, flags: list[str]) -> float:
     """Val mAP without the tuner's optimism: the val images split in two (alternate ids), each
     half scored with the settings `tune` chose on the other half, both halves scored together
     (900 images where the test set has 300)."""
+    from kit import paths
     from kit.config import RunConfig
     from kit.data.labels import boxes_by_patient, read_labels
-    from kit.runs import image_scores_beside, read_ids, read_raw
+    from kit.runs import IMAGE_COLUMNS, image_scores_path, read_ids, read_image_scores, read_raw
     from kit.score.metric import score_dataset
     from kit.score.postprocess import PostProcess
 
     ids = read_ids(folder / "val_ids.csv")
-    labels = Path(RunConfig.load(folder / "config.json").data_dir) / "stage_2_train_labels.csv"
+    labels = Path(RunConfig.load(folder / "config.json").data_dir) / paths.TRAIN_LABELS
     boxes = boxes_by_patient(read_labels(labels))
     raw = read_raw(folder / "raw_val.csv")
-    image_scores = image_scores_beside(folder / "raw_val.csv")
+    scores_file = image_scores_path(folder, "val")
+    image_scores = read_image_scores(scores_file) if scores_file.is_file() else None
     halves, preds = (ids[0::2], ids[1::2]), {}
     for k, (tune_on, score_on) in enumerate((halves, halves[::-1])):
         half = folder / f"half{k}"        # tune takes a raw table of exactly its images
@@ -120,9 +122,8 @@ def crossfit(folder: Path, flags: list[str]) -> float:
         pd.DataFrame({"patientId": tune_on}).to_csv(half / "ids.csv", index=False)
         raw[raw.patientId.isin(set(tune_on))].to_csv(half / "raw_val.csv", index=False)
         if image_scores is not None:
-            scores = pd.read_csv(folder / "raw_val_images.csv", dtype={"patientId": str})
-            scores[scores.patientId.isin(set(tune_on))].to_csv(half / "raw_val_images.csv",
-                                                              index=False)
+            pd.DataFrame([(pid, image_scores[pid]) for pid in tune_on if pid in image_scores],
+                         columns=IMAGE_COLUMNS).to_csv(image_scores_path(half, "val"), index=False)
         kit("tune", "--raw", half / "raw_val.csv", "--labels", labels, "--ids", half / "ids.csv",
             *flags, "--top", "1")
         kept = PostProcess.from_json(half / "postprocess.json").apply(raw, image_scores)

@@ -2,7 +2,8 @@
 
 labels (label CSVs, validated; ``labels``), dicom (the only pydicom importer: read or refuse a
 file in one line), pixels (windowing, luminance, resizing: numpy + Pillow), prepare (decode +
-resize into data/cache; ``prepare``), split (patient-level split and folds; ``split``), demo (the
-embedded synthetic data sets, demo_rsna the hard one; ``demo-data`` in demo_data), weights (fetch + check initial weights;
-``weights``). Imports only the base; never TensorFlow.
+resize into data/cache; ``prepare``), split (patient-level split and folds; ``split``), demo and
+demo_rsna (the embedded synthetic data sets, easy and hard; the ``demo-data`` command in
+demo_data), weights (fetch + check initial weights; ``weights``). Imports only the base; never
+TensorFlow.
 """
