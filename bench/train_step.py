@@ -90,6 +90,7 @@ def main() -> None:
     build_s = time.perf_counter() - start
     model.set_trainable(layer_regex(args.layers))
     model.keras_model.compile(optimizer=make_optimizer(config, 1e-3), jit_compile=False)
+    model.keras_model.optimizer.build(model.keras_model.trainable_variables)   # as training does
 
     gen = DataGenerator(BoxImages(args.batch * (args.steps + 2), args.size), config,
                         shuffle=False)

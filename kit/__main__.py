@@ -1,7 +1,7 @@
 import sys
 
-from kit.cli import main  # importing kit sets the log defaults (see kit/__init__.py)
+from kit.cli import exit_process, main  # importing kit sets the log defaults (kit/__init__.py)
 from kit.log import quiet_native_logs
 
 quiet_native_logs()      # TensorFlow 2.20's C++ warnings ignore TF_CPP_MIN_LOG_LEVEL
-sys.exit(main())
+exit_process(main())

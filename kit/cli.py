@@ -77,6 +77,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 141
 
 
+def exit_process(code: int) -> None:
+    """End ``python -m kit`` with ``code``. After a command that imported TensorFlow, the
+    interpreter's teardown of its graphs takes seconds (8 s after the demo flow) and does nothing
+    a finished command needs: other threads are joined and the atexit handlers run (log
+    restore, logging, multiprocessing), the streams flushed, then the process ends at once."""
+    if "tensorflow" not in sys.modules:
+        sys.exit(code)
+    import atexit
+    import threading
+
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):       # a closed pipe or stream: nothing left to say
+            pass
+    os._exit(code)
+
+
 def _stdout_to_devnull() -> None:
     """Point stdout's file descriptor at /dev/null so the exit's flush cannot fail again
     (the recipe of Python's signal module docs, "Note on SIGPIPE")."""

@@ -34,10 +34,12 @@ class RunConfig:
     init: str = "coco"                      # coco | imagenet | none | path to a .h5 file
     stages: tuple[Stage, ...] = (Stage("heads", 2), Stage("all", 4, 0.1, True))
     learning_rate: float = 0.006
+    warmup_steps: int = 0                   # linear lr ramp over the run's first steps (0: none)
     optimizer: str = "sgd"                  # sgd (Matterport, momentum 0.9) | adam
     images_per_gpu: int = 8
     steps_per_epoch: int = 0                # 0: one pass over the training images
     validation_steps: int = 0               # 0: one pass over the validation images
+    val_loss: bool = True                   # validation-loss pass each epoch (val_map picks)
     n_val: int = 1500                       # validation images (a fraction on small data sets)
     split_seed: int = 0
     seed: int = 0                           # weights init, data order, augmentation, sampling
@@ -174,6 +176,8 @@ class RunConfig:
             raise KitError("a schedule needs at least one stage")
         if self.folds == 1 or self.folds < 0:
             raise KitError(f"folds={self.folds}: use 0 (one train/val split) or 2 or more")
+        if self.warmup_steps < 0:
+            raise KitError(f"warmup_steps={self.warmup_steps}: a number of steps (0: no ramp)")
         if self.image_head_refit < 0:
             raise KitError(f"image_head_refit={self.image_head_refit}: a number of training "
                            "images (0 turns the refit off)")
@@ -241,6 +245,7 @@ PRESETS: dict[str, RunConfig] = {
         name="tiny", image_size=64, init="none",
         stages=(Stage("heads", 1), Stage("all", 1, 0.5, True)),
         learning_rate=0.002, images_per_gpu=2, steps_per_epoch=1, validation_steps=1, n_val=4,
+        val_loss=False,
         rpn_anchor_scales=(8, 16, 32, 64, 128), train_rois_per_image=8,
         rpn_train_anchors_per_image=32, pre_nms_limit=200, post_nms_rois_training=50,
         post_nms_rois_inference=50, detection_max_instances=5, workers=1, keep_checkpoints=1,
@@ -250,7 +255,7 @@ PRESETS: dict[str, RunConfig] = {
         name="demo", image_size=128, init="none",
         stages=(Stage("all", 6), Stage("all", 4, 0.3), Stage("all", 2, 0.1, True)),
         learning_rate=0.0005, optimizer="adam", images_per_gpu=4, steps_per_epoch=40,
-        validation_steps=5, n_val=80,
+        validation_steps=5, n_val=80, val_loss=False,
         rpn_anchor_scales=(8, 16, 32, 64, 128), train_rois_per_image=16,
         rpn_train_anchors_per_image=64, pre_nms_limit=1000, post_nms_rois_training=200,
         post_nms_rois_inference=200, detection_max_instances=6, train_bn=True, bn_momentum=0.9,
@@ -290,10 +295,14 @@ FIELD_HELP: dict[str, str] = {
     "init": "initial weights: coco | imagenet | none | path to a .h5 file",
     "stages": "training schedule: stages of {layers, epochs, lr_factor, augment}, in order",
     "learning_rate": "base learning rate (each stage multiplies it by its lr_factor)",
+    "warmup_steps": "training steps over which the lr ramps up linearly at the start of a run "
+                    "(0: none)",
     "optimizer": "sgd (momentum 0.9, as Matterport) | adam",
     "images_per_gpu": "images per batch on each GPU",
     "steps_per_epoch": "training steps per epoch (0: one pass over the training images)",
     "validation_steps": "validation-loss steps per epoch (0: one pass over the val images)",
+    "val_loss": "compute the validation loss each epoch (plotted only: val_map picks the "
+                "checkpoint; false saves a graph trace per stage and the steps)",
     "n_val": "validation images of the seeded split (20% when that is half the data or more)",
     "split_seed": "seed of the train/val split and of the folds",
     "seed": "seed of weight init, data order, augmentation and sampling",

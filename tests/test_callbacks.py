@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from kit import budget as B
-from kit.train.callbacks import BudgetMeter, quick_map, subset_ids
+from kit.train.callbacks import BudgetMeter, Warmup, quick_map, subset_ids
 
 
 class Clock:
@@ -111,3 +111,21 @@ def test_plan_after_five_steps_ends_this_epoch_at_the_planned_length():
     meter.on_train_begin()
     assert run_steps(meter, clock, [30.0] + [2.0] * 7, epoch=1) == 8
     assert not meter.model.stop_training and calls == [5]
+
+
+def test_warmup_ramps_the_lr_over_the_runs_first_steps_then_leaves_it():
+    from types import SimpleNamespace
+
+    model = SimpleNamespace(optimizer=SimpleNamespace(learning_rate=0.01))
+    ramp = Warmup(0.01, steps=4, steps_per_epoch=3)
+    ramp.set_model(model)
+    seen = []
+    for epoch in (0, 1):
+        ramp.on_epoch_begin(epoch)
+        for batch in range(3):
+            ramp.on_train_batch_begin(batch)
+            seen.append(model.optimizer.learning_rate)
+            model.optimizer.learning_rate = -1.0        # what the step would not do: marks it
+    # steps 0..3 ramp to the full rate; step 4 puts the full rate back; step 5 is left alone
+    assert seen == pytest.approx([0.0025, 0.005, 0.0075, 0.01, 0.01, -1.0])
+    assert Warmup(0.01, steps=0, steps_per_epoch=3).rate(0) == 0.01

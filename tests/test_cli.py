@@ -102,3 +102,26 @@ def test_every_flag_of_every_command_has_help():
             if not (action.help or "").strip() or action.help == argparse.SUPPRESS:
                 missing.append(f"{prog} {'/'.join(action.option_strings) or action.dest}")
     assert not missing, "flags without help: " + ", ".join(missing)
+
+
+FINISH = """
+import atexit, sys, threading, time, types
+sys.modules.setdefault("tensorflow", types.ModuleType("tensorflow"))   # as after a TF command
+from kit.cli import exit_process
+atexit.register(lambda: print("atexit ran", flush=True))
+worker = threading.Thread(target=lambda: (time.sleep(0.3), print("thread finished")))
+worker.start()
+print("output", end="")          # unflushed: exit_process flushes it
+exit_process(3)
+print("not reached")
+"""
+
+
+def test_exit_after_tensorflow_keeps_code_output_threads_and_atexit():
+    proc = subprocess.run([sys.executable, "-c", FINISH], capture_output=True, text=True,
+                          timeout=120,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert proc.returncode == 3, proc.stderr
+    # the thread was joined (its line), the atexit handler ran, the unflushed text came out
+    assert proc.stdout == "outputthread finished\natexit ran\n", proc.stdout
+    assert "not reached" not in proc.stdout

@@ -6,6 +6,7 @@ import errno
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from kit import cli
@@ -61,9 +62,12 @@ def test_nan_loss_stops_at_that_step_keeps_checkpoints_and_resume_lowers_the_lr(
     with monkeypatch.context() as patch:
         before = _poison_after_first_stage(patch, "MrcnnBboxLoss")
         code = cli.main(["train", "--preset", "tiny", "--data", str(data),
-                         "--set", "image_head_refit=0", "--set", SAME_LAYERS])
-    err = capsys.readouterr().err
+                         "--set", "image_head_refit=0", "--set", SAME_LAYERS,
+                         "--set", "val_loss=true", "--set", "warmup_steps=2"])
+    out, err = capsys.readouterr()
     assert code == 2
+    # the stages of the warm-up's 2 steps say so (one step an epoch: both stages)
+    assert out.count("(linear warm-up over the run's first 2 steps)") == 2, out
     (run,) = Path("runs").iterdir()
     line = err.strip().splitlines()[-1]
     assert "Traceback" not in err
@@ -93,6 +97,8 @@ def test_nan_loss_stops_at_that_step_keeps_checkpoints_and_resume_lowers_the_lr(
     assert state["resumed_with"] == [{"epoch": 2, "set": ["learning_rate=0.0002"],
                                       "learning_rate": [0.002, 0.0002]}]
     assert json.loads((run / "config.json").read_text())["learning_rate"] == 0.0002
+    history = pd.read_csv(run / "history.csv")     # val_loss=true: the loss of the val images
+    assert history.epoch.tolist() == [1, 2] and history.val_loss.notna().all()
 
 
 def test_a_full_disk_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):

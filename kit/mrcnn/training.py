@@ -302,6 +302,9 @@ def train(model: Any, train_dataset: Any, val_dataset: Any | None, learning_rate
         with model.strategy.scope():
             model.keras_model.compile(optimizer=make_optimizer(config, learning_rate),
                                       jit_compile=False)
+            # the optimizer's slots made here, not inside the first traced step: a tf.function
+            # that creates variables is traced twice (Keras defers the build to the trace)
+            model.keras_model.optimizer.build(model.keras_model.trainable_variables)
         model.compiled_for = trainable
     # a progress bar on a terminal; one line per epoch in a log file (a Kaggle kernel's log)
     verbose = 1 if sys.stdout.isatty() else 2

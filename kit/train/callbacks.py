@@ -126,6 +126,31 @@ class EpochMetric(keras.callbacks.Callback):
             f"{len(self.ids)} val images{note} [{self.seconds:.1f} s]")
 
 
+class Warmup(keras.callbacks.Callback):
+    """Linear learning-rate warm-up over a run's first ``steps`` training steps: step k (counted
+    from the run's first epoch, ``steps_per_epoch`` a epoch) trains at
+    ``learning_rate * (k + 1) / steps``, then at ``learning_rate`` again. Adam from scratch at the
+    full rate can stall a seed's detector for epochs; a short ramp avoids that."""
+
+    def __init__(self, learning_rate: float, steps: int, steps_per_epoch: int):
+        super().__init__()
+        self.learning_rate, self.steps = float(learning_rate), int(steps)
+        self.steps_per_epoch, self.epoch = int(steps_per_epoch), 0
+
+    def rate(self, step: int) -> float:
+        """The learning rate of (0-based) run step ``step``."""
+        return self.learning_rate * min(1.0, (step + 1) / self.steps) if self.steps else \
+            self.learning_rate
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        step = self.epoch * self.steps_per_epoch + batch
+        if step <= self.steps:          # the step after the ramp puts the full rate back
+            self.model.optimizer.learning_rate = self.rate(step)
+
+
 class BudgetMeter(keras.callbacks.Callback):
     """Measures steps and epoch ends; plans the schedule and stops training by kit.budget.
 

@@ -83,6 +83,7 @@ def fit_head(infer_model, features: np.ndarray, labels: np.ndarray, seed: int,
     head.compile(optimizer=keras.optimizers.Adam(learning_rate),
                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                  metrics=["accuracy"], jit_compile=False)
+    head.optimizer.build(head.trainable_variables)   # not inside the traced step (traced twice)
     before = float(head.evaluate(features, labels, batch_size=len(labels), verbose=0)[0])
     steps_ds = tf.data.Dataset.from_tensors((features, labels)).repeat(steps)
     head.fit(steps_ds, epochs=1, shuffle=False, verbose=0)   # one epoch: ``steps`` full batches

@@ -143,7 +143,7 @@ def train(preset: str | None = None, data_dir: Path | None = None,
         cfg.save(run / "config.json")
 
     cache, boxes, classes, train_ids, val_ids = load_run_data(cfg, run, split_ids)
-    from kit.train.callbacks import BudgetMeter, EpochMetric, subset_ids
+    from kit.train.callbacks import BudgetMeter, EpochMetric, Warmup, subset_ids
     from kit.train.dataset import RSNADataset
     from kit.data.prepare import as_rgb
     from kit.mrcnn.augment import albumentations_augmentation
@@ -192,7 +192,7 @@ def train(preset: str | None = None, data_dir: Path | None = None,
                         predict_images=n_predict + len(refit_ids),   # the refit: ~1 detect each
                         tta_passes=2 if cfg.tta == "flip" else 1,
                         epoch_end_guess_s=metric.detect_s * len(metric.ids),
-                        val_steps=mcfg.VALIDATION_STEPS,
+                        val_steps=mcfg.VALIDATION_STEPS if cfg.val_loss else 0,
                         planner=lambda: _plan(budget, meter, cfg, model.epoch, scheduled))
     if budget:
         say(f"time budget {B.format_duration(budget.seconds)}: "
@@ -223,14 +223,18 @@ def train(preset: str | None = None, data_dir: Path | None = None,
         if meter.epoch_limit is not None:
             mcfg.STEPS_PER_EPOCH = meter.epoch_limit
         before = model.epoch
+        lr = cfg.learning_rate * stage.lr_factor
+        ramp = ([Warmup(lr, cfg.warmup_steps, mcfg.STEPS_PER_EPOCH)]
+                if model.epoch * mcfg.STEPS_PER_EPOCH < cfg.warmup_steps else [])
         say(f"stage: layers={stage.layers} epochs {model.epoch + 1}..{end} of "
             f"{cfg.total_epochs}, {mcfg.STEPS_PER_EPOCH} steps each, "
-            f"lr={cfg.learning_rate * stage.lr_factor:g} augment={stage.augment}")
+            f"lr={lr:g} augment={stage.augment}"
+            + (f" (linear warm-up over the run's first {cfg.warmup_steps} steps)" if ramp else ""))
         try:
-            model.train(train_ds, val_ds, learning_rate=cfg.learning_rate * stage.lr_factor,
+            model.train(train_ds, val_ds if cfg.val_loss else None, learning_rate=lr,
                         epochs=end, layers=stage.layers,
                         augmentation=augmentation if stage.augment else None,
-                        custom_callbacks=[metric, meter], workers=cfg.workers)
+                        custom_callbacks=[*ramp, metric, meter], workers=cfg.workers)
         except NonFiniteLoss as exc:
             raise _stopped_by_nan(run, cfg, exc, resumed_with) from None
         model.epoch = trained_epochs(run)      # an epoch may end early (plan, budget)
