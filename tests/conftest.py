@@ -11,6 +11,12 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+# pytest-xdist: each worker's TensorFlow (and the kernels and scripts it starts) gets its share of
+# the cores instead of a thread per core each, which oversubscribes them (make test: 2 workers on
+# 2 cores -> one compute thread each; measured in bench/RESULTS.md)
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(_share))
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_RSNA = REPO.parent / "shared" / "rsna"

@@ -11,7 +11,7 @@ from kit import cli
 from kit.budget import parse_duration
 from kit.config import PRESETS
 
-BUDGET = "3m"
+BUDGET = "2m"
 TOLERANCE_S = 20.0      # interpreter start-up before the clock starts, process teardown
 
 
@@ -27,11 +27,11 @@ def test_submission_finishes_within_its_time_budget(in_tmp, capsys):
     assert took <= parse_duration(BUDGET) + TOLERANCE_S, out[-3000:]
     (run,) = Path("runs").iterdir()
     state = json.loads((run / "train_state.json").read_text())
-    # the demo schedule (12 epochs of 40 steps) does not fit in 3 minutes on a CPU
+    # the demo schedule (12 epochs of 40 steps) does not fit in 2 minutes on a CPU
     assert state["stopped_by_budget"] or \
         state["steps_per_epoch"]["last"] < PRESETS["demo"].steps_per_epoch
-    assert not state["complete"]
-    assert "time budget 3m00s for the whole flow" in out and "reserve" in out
+    assert not state["complete"] and state["epochs_done"] >= 1    # it trained, then stopped
+    assert "time budget 2m00s for the whole flow" in out and "reserve" in out
     assert "finished with" in out
     sub = Path("submissions") / f"{run.name}.csv"
     assert cli.main(["validate", "--submission", str(sub), "--data", "data/demo"]) == 0

@@ -129,3 +129,21 @@ def test_warmup_ramps_the_lr_over_the_runs_first_steps_then_leaves_it():
     # steps 0..3 ramp to the full rate; step 4 puts the full rate back; step 5 is left alone
     assert seen == pytest.approx([0.0025, 0.005, 0.0075, 0.01, 0.01, -1.0])
     assert Warmup(0.01, steps=0, steps_per_epoch=3).rate(0) == 0.01
+
+
+def test_epochs_before_val_map_from_are_not_scored_nor_kept(tmp_path, capsys):
+    from kit.train.callbacks import EpochMetric
+
+    class Untouchable:          # scoring an epoch would copy weights and detect: it must not
+        def __getattr__(self, name):
+            raise AssertionError(f"an unscored epoch used the model ({name})")
+
+    metric = EpochMetric(Untouchable(), Untouchable(), ["a", "b"], load_image=None,
+                         gt={"a": np.zeros((0, 4))}, side=64, run=tmp_path, first_epoch=3)
+    for epoch in (0, 1):
+        logs = {"loss": 1.0}
+        metric.on_epoch_end(epoch, logs)
+        assert logs == {"loss": 1.0}
+    assert not any(tmp_path.iterdir())                        # no best.h5 / best.json
+    out = capsys.readouterr().out
+    assert out.count("not scored; val_map from epoch 3 on (val_map_from)") == 1, out

@@ -13,9 +13,10 @@ from kit import cli
 from kit.runs import BEST_WEIGHTS, TRAIN_STATE, checkpoints
 
 
-# tiny's two one-epoch stages on the same layers: one graph trace per training (no retrace)
-SAME_LAYERS = ('stages=[{"layers": "all", "epochs": 1}, '
-               '{"layers": "all", "epochs": 1, "lr_factor": 0.5, "augment": true}]')
+# tiny's two one-epoch stages on the same layers: one graph trace per training (no retrace), of
+# the heads (their graph traces in about half the time of all layers')
+SAME_LAYERS = ('stages=[{"layers": "heads", "epochs": 1}, '
+               '{"layers": "heads", "epochs": 1, "lr_factor": 0.5, "augment": true}]')
 
 
 @pytest.fixture

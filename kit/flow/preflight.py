@@ -104,7 +104,8 @@ def quick_overrides(cfg) -> list[str]:
     import json
 
     stages = [dict(dataclasses.asdict(s), epochs=1) for s in cfg.stages]
-    return ["steps_per_epoch=1", "validation_steps=1", "n_val=1", "val_map_images=1", "folds=0",
+    return ["steps_per_epoch=1", "validation_steps=1", "n_val=1", "val_map_images=1",
+            "val_map_from=1", "folds=0",
             "workers=1", f"stages={json.dumps(stages)}"]
 
 

@@ -69,10 +69,12 @@ class EpochMetric(keras.callbacks.Callback):
 
     def __init__(self, train_model, infer_model, ids: Sequence[str], load_image,
                  gt: dict[str, np.ndarray], side: int, run: Path,
-                 probe_ids: Sequence[str] = ()):
+                 probe_ids: Sequence[str] = (), first_epoch: int = 1):
         """``ids``: the val images scored each epoch (none: val_map is skipped);
-        ``probe_ids``: images to time detect on when there is no val image."""
+        ``probe_ids``: images to time detect on when there is no val image; ``first_epoch``:
+        the first epoch (1-based) scored; earlier ones are not (nor candidates for best.h5)."""
         super().__init__()
+        self.first_epoch, self.said_first = int(first_epoch), False
         self.probe_ids = list(probe_ids)
         self.train_model, self.infer_model = train_model, infer_model
         self.ids, self.load_image, self.side = list(ids), load_image, side
@@ -103,6 +105,12 @@ class EpochMetric(keras.callbacks.Callback):
         from kit.infer.predict import detect_raw
 
         if not self.ids:
+            return
+        if epoch + 1 < self.first_epoch:
+            if not self.said_first:
+                say(f"epoch {epoch + 1}: not scored; val_map from epoch {self.first_epoch} on "
+                    "(val_map_from)")
+                self.said_first = True
             return
         start = time.perf_counter()
         copy_weights(self.train_model.keras_model, self.infer_model.keras_model)

@@ -182,7 +182,7 @@ def train(preset: str | None = None, data_dir: Path | None = None,
     infer = MaskRCNN(mode="inference", config=config_from(cfg.mrcnn_fields()), model_dir=str(run))
     metric = EpochMetric(model, infer, subset_ids(val_ids, cfg.val_map_images, cfg.seed),
                          lambda pid: as_rgb(cache.load(pid)), boxes, cache.size, run,
-                         probe_ids=train_ids)
+                         probe_ids=train_ids, first_epoch=cfg.val_map_from)
     metric.measure()
     build_s = time.time() - t_build
     n_predict = len(val_ids) + len(cache.ids("test"))
