@@ -137,8 +137,8 @@ class EpochMetric(keras.callbacks.Callback):
 class Warmup(keras.callbacks.Callback):
     """Linear learning-rate warm-up over a run's first ``steps`` training steps: step k (counted
     from the run's first epoch, ``steps_per_epoch`` a epoch) trains at
-    ``learning_rate * (k + 1) / steps``, then at ``learning_rate`` again. Adam from scratch at the
-    full rate can stall a seed's detector for epochs; a short ramp avoids that."""
+    ``learning_rate * (k + 1) / steps``, then at ``learning_rate`` again. Off by default: on the
+    demo at lr 1e-3, 80 steps of ramp did not stop a seed from stalling (bench/RESULTS.md)."""
 
     def __init__(self, learning_rate: float, steps: int, steps_per_epoch: int):
         super().__init__()
