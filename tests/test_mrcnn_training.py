@@ -277,6 +277,7 @@ model.train(ds, None, 0.02, 3, "heads", custom_callbacks=[KillInEpoch2()])
 """
 
 
+@pytest.mark.slow
 def test_checkpoint_kill_resume_continues_at_next_epoch(mrcnn, tmp_path):
     import h5py
 
@@ -341,6 +342,7 @@ print(json.dumps({"replicas": model.strategy.num_replicas_in_sync,
 """
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_on_two_logical_cpus_runs_a_step(mrcnn, tmp_path):
     proc = _run_python(MIRRORED, str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
