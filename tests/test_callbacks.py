@@ -53,6 +53,22 @@ def test_first_batch_is_tracing_and_steps_are_the_median():
     assert meter.stopped_at is None and not meter.model.stop_training
 
 
+
+def test_an_unscored_epoch_end_counts_the_val_map_it_skipped():
+    clock = Clock()
+    meter = BudgetMeter(B.Budget(clock.t + 10_000.0, 10_000.0), detect_s=0.5, build_s=20.0,
+                        predict_images=100, tta_passes=2, epoch_end_guess_s=4.0, clock=clock,
+                        first_scored=2)
+    meter.set_model(FakeModel())
+    meter.on_train_begin()
+    run_steps(meter, clock, [30.0, 2.0, 2.0], epoch=0)
+    clock.t += 1.0                      # epoch 1: checkpoint only (val_map from epoch 2)
+    run_steps(meter, clock, [2.0, 2.0], epoch=1)
+    assert meter.epoch_ends == [1.0 + 4.0] and meter.costs().epoch_end_s == 5.0
+    clock.t += 6.0                      # epoch 2: scored, measured as it is
+    meter.on_train_end()
+    assert meter.epoch_ends == [5.0, 6.0] and meter.costs().epoch_end_s == 6.0
+
 def test_stops_at_the_last_step_that_leaves_the_reserve():
     clock = Clock()
     # reserve = 1.25 * (20 + 0.5 * 100 * 2) + 60 = 210 s; a step 2 s, the epoch end guessed at 4 s

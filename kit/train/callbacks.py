@@ -136,7 +136,7 @@ class EpochMetric(keras.callbacks.Callback):
 
 class Warmup(keras.callbacks.Callback):
     """Linear learning-rate warm-up over a run's first ``steps`` training steps: step k (counted
-    from the run's first epoch, ``steps_per_epoch`` a epoch) trains at
+    from the run's first epoch, ``steps_per_epoch`` per epoch) trains at
     ``learning_rate * (k + 1) / steps``, then at ``learning_rate`` again. Off by default: on the
     demo at lr 1e-3, 80 steps of ramp did not stop a seed from stalling (bench/RESULTS.md)."""
 
@@ -166,19 +166,22 @@ class BudgetMeter(keras.callbacks.Callback):
     step. After PLAN_AFTER measured steps, ``planner()`` (if given) returns the steps per epoch
     for the rest of the schedule (``epoch_limit``); when that is fewer than the running epoch's,
     the epoch ends there and the caller continues with the new length. Whenever the stop rule
-    holds, training stops (``stopped_at``); the epoch's checkpoint is still written."""
+    holds, training stops (``stopped_at``); the epoch's checkpoint is still written. The end of
+    an epoch before ``first_scored`` (1-based, val_map_from) is counted with the val_map pass it
+    skipped (``epoch_end_guess_s``), as every later epoch will run one."""
 
     PLAN_AFTER = 5
 
     def __init__(self, budget: B.Budget | None, detect_s: float, build_s: float,
                  predict_images: int, tta_passes: int, epoch_end_guess_s: float = 0.0,
                  val_steps: int = 0, planner: Callable[[], int] | None = None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, first_scored: int = 1):
         super().__init__()
         self.budget, self.clock, self.planner = budget, clock, planner
         self.detect_s, self.build_s = detect_s, build_s
         self.predict_images, self.tta_passes = predict_images, tta_passes
         self.epoch_end_guess_s, self.val_steps = epoch_end_guess_s, val_steps
+        self.first_scored, self._epoch = int(first_scored), 0
         self.steps: list[float] = []
         self.epoch_ends: list[float] = []
         self.trace_s = 0.0
@@ -206,13 +209,16 @@ class BudgetMeter(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self._end_epoch_timer()
+        self._epoch = epoch
 
     def on_train_end(self, logs=None):
         self._end_epoch_timer()
 
     def _end_epoch_timer(self) -> None:
         if self._last_batch_end is not None:
-            self.epoch_ends.append(self.clock() - self._last_batch_end)
+            took = self.clock() - self._last_batch_end
+            unscored = self._epoch + 1 < self.first_scored     # its val_map was skipped
+            self.epoch_ends.append(took + (self.epoch_end_guess_s if unscored else 0.0))
             self._last_batch_end = None
 
     def on_train_batch_begin(self, batch, logs=None):

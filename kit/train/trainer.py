@@ -193,6 +193,7 @@ def train(preset: str | None = None, data_dir: Path | None = None,
                         tta_passes=2 if cfg.tta == "flip" else 1,
                         epoch_end_guess_s=metric.detect_s * len(metric.ids),
                         val_steps=mcfg.VALIDATION_STEPS if cfg.val_loss else 0,
+                        first_scored=cfg.val_map_from,
                         planner=lambda: _plan(budget, meter, cfg, model.epoch, scheduled))
     if budget:
         say(f"time budget {B.format_duration(budget.seconds)}: "
